@@ -1,0 +1,220 @@
+import datetime
+
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
+from google.protobuf import struct_pb2 as _struct_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class IdentifierType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    IDENTIFIER_TYPE_UNSPECIFIED: _ClassVar[IdentifierType]
+    IDENTIFIER_TYPE_ID: _ClassVar[IdentifierType]
+    IDENTIFIER_TYPE_EMAIL: _ClassVar[IdentifierType]
+    IDENTIFIER_TYPE_CIO_ID: _ClassVar[IdentifierType]
+
+class IdentifyOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    IDENTIFY_OUTCOME_UNSPECIFIED: _ClassVar[IdentifyOutcome]
+    IDENTIFY_OUTCOME_CREATED: _ClassVar[IdentifyOutcome]
+    IDENTIFY_OUTCOME_UPDATED: _ClassVar[IdentifyOutcome]
+    IDENTIFY_OUTCOME_MERGED: _ClassVar[IdentifyOutcome]
+    IDENTIFY_OUTCOME_UNCHANGED: _ClassVar[IdentifyOutcome]
+
+class IdentifierMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    IDENTIFIER_MODE_UNSPECIFIED: _ClassVar[IdentifierMode]
+    IDENTIFIER_MODE_EMAIL_OR_ID: _ClassVar[IdentifierMode]
+    IDENTIFIER_MODE_ID_ONLY: _ClassVar[IdentifierMode]
+    IDENTIFIER_MODE_EMAIL_ONLY: _ClassVar[IdentifierMode]
+IDENTIFIER_TYPE_UNSPECIFIED: IdentifierType
+IDENTIFIER_TYPE_ID: IdentifierType
+IDENTIFIER_TYPE_EMAIL: IdentifierType
+IDENTIFIER_TYPE_CIO_ID: IdentifierType
+IDENTIFY_OUTCOME_UNSPECIFIED: IdentifyOutcome
+IDENTIFY_OUTCOME_CREATED: IdentifyOutcome
+IDENTIFY_OUTCOME_UPDATED: IdentifyOutcome
+IDENTIFY_OUTCOME_MERGED: IdentifyOutcome
+IDENTIFY_OUTCOME_UNCHANGED: IdentifyOutcome
+IDENTIFIER_MODE_UNSPECIFIED: IdentifierMode
+IDENTIFIER_MODE_EMAIL_OR_ID: IdentifierMode
+IDENTIFIER_MODE_ID_ONLY: IdentifierMode
+IDENTIFIER_MODE_EMAIL_ONLY: IdentifierMode
+
+class PersonRef(_message.Message):
+    __slots__ = ("cio_id", "id", "email")
+    CIO_ID_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    EMAIL_FIELD_NUMBER: _ClassVar[int]
+    cio_id: str
+    id: str
+    email: str
+    def __init__(self, cio_id: _Optional[str] = ..., id: _Optional[str] = ..., email: _Optional[str] = ...) -> None: ...
+
+class Person(_message.Message):
+    __slots__ = ("cio_id", "id", "email", "attributes", "create_time", "update_time")
+    CIO_ID_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    EMAIL_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    cio_id: str
+    id: str
+    email: str
+    attributes: _struct_pb2.Struct
+    create_time: _timestamp_pb2.Timestamp
+    update_time: _timestamp_pb2.Timestamp
+    def __init__(self, cio_id: _Optional[str] = ..., id: _Optional[str] = ..., email: _Optional[str] = ..., attributes: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class IdentifyRequest(_message.Message):
+    __slots__ = ("workspace_id", "cio_id", "id", "email", "attributes", "update_only")
+    WORKSPACE_ID_FIELD_NUMBER: _ClassVar[int]
+    CIO_ID_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    EMAIL_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_ONLY_FIELD_NUMBER: _ClassVar[int]
+    workspace_id: str
+    cio_id: str
+    id: str
+    email: str
+    attributes: _struct_pb2.Struct
+    update_only: bool
+    def __init__(self, workspace_id: _Optional[str] = ..., cio_id: _Optional[str] = ..., id: _Optional[str] = ..., email: _Optional[str] = ..., attributes: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., update_only: _Optional[bool] = ...) -> None: ...
+
+class IdentifyResponse(_message.Message):
+    __slots__ = ("person", "outcome", "merged_cio_ids")
+    PERSON_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    MERGED_CIO_IDS_FIELD_NUMBER: _ClassVar[int]
+    person: Person
+    outcome: IdentifyOutcome
+    merged_cio_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, person: _Optional[_Union[Person, _Mapping]] = ..., outcome: _Optional[_Union[IdentifyOutcome, str]] = ..., merged_cio_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class UpdateIdentifierRequest(_message.Message):
+    __slots__ = ("workspace_id", "person", "identifier", "value")
+    WORKSPACE_ID_FIELD_NUMBER: _ClassVar[int]
+    PERSON_FIELD_NUMBER: _ClassVar[int]
+    IDENTIFIER_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    workspace_id: str
+    person: PersonRef
+    identifier: IdentifierType
+    value: str
+    def __init__(self, workspace_id: _Optional[str] = ..., person: _Optional[_Union[PersonRef, _Mapping]] = ..., identifier: _Optional[_Union[IdentifierType, str]] = ..., value: _Optional[str] = ...) -> None: ...
+
+class UpdateIdentifierResponse(_message.Message):
+    __slots__ = ("person",)
+    PERSON_FIELD_NUMBER: _ClassVar[int]
+    person: Person
+    def __init__(self, person: _Optional[_Union[Person, _Mapping]] = ...) -> None: ...
+
+class DeleteIdentifierRequest(_message.Message):
+    __slots__ = ("workspace_id", "person", "identifier")
+    WORKSPACE_ID_FIELD_NUMBER: _ClassVar[int]
+    PERSON_FIELD_NUMBER: _ClassVar[int]
+    IDENTIFIER_FIELD_NUMBER: _ClassVar[int]
+    workspace_id: str
+    person: PersonRef
+    identifier: IdentifierType
+    def __init__(self, workspace_id: _Optional[str] = ..., person: _Optional[_Union[PersonRef, _Mapping]] = ..., identifier: _Optional[_Union[IdentifierType, str]] = ...) -> None: ...
+
+class DeleteIdentifierResponse(_message.Message):
+    __slots__ = ("person",)
+    PERSON_FIELD_NUMBER: _ClassVar[int]
+    person: Person
+    def __init__(self, person: _Optional[_Union[Person, _Mapping]] = ...) -> None: ...
+
+class GetSettingsRequest(_message.Message):
+    __slots__ = ("workspace_id",)
+    WORKSPACE_ID_FIELD_NUMBER: _ClassVar[int]
+    workspace_id: str
+    def __init__(self, workspace_id: _Optional[str] = ...) -> None: ...
+
+class GetSettingsResponse(_message.Message):
+    __slots__ = ("settings",)
+    SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    settings: WorkspaceSettings
+    def __init__(self, settings: _Optional[_Union[WorkspaceSettings, _Mapping]] = ...) -> None: ...
+
+class WorkspaceSettings(_message.Message):
+    __slots__ = ("workspace_id", "identifier_mode", "email_updatable_by_id", "sole_identifier_updatable", "auto_merge")
+    WORKSPACE_ID_FIELD_NUMBER: _ClassVar[int]
+    IDENTIFIER_MODE_FIELD_NUMBER: _ClassVar[int]
+    EMAIL_UPDATABLE_BY_ID_FIELD_NUMBER: _ClassVar[int]
+    SOLE_IDENTIFIER_UPDATABLE_FIELD_NUMBER: _ClassVar[int]
+    AUTO_MERGE_FIELD_NUMBER: _ClassVar[int]
+    workspace_id: str
+    identifier_mode: IdentifierMode
+    email_updatable_by_id: bool
+    sole_identifier_updatable: bool
+    auto_merge: bool
+    def __init__(self, workspace_id: _Optional[str] = ..., identifier_mode: _Optional[_Union[IdentifierMode, str]] = ..., email_updatable_by_id: _Optional[bool] = ..., sole_identifier_updatable: _Optional[bool] = ..., auto_merge: _Optional[bool] = ...) -> None: ...
+
+class GetPersonRequest(_message.Message):
+    __slots__ = ("workspace_id", "person")
+    WORKSPACE_ID_FIELD_NUMBER: _ClassVar[int]
+    PERSON_FIELD_NUMBER: _ClassVar[int]
+    workspace_id: str
+    person: PersonRef
+    def __init__(self, workspace_id: _Optional[str] = ..., person: _Optional[_Union[PersonRef, _Mapping]] = ...) -> None: ...
+
+class GetPersonResponse(_message.Message):
+    __slots__ = ("person",)
+    PERSON_FIELD_NUMBER: _ClassVar[int]
+    person: Person
+    def __init__(self, person: _Optional[_Union[Person, _Mapping]] = ...) -> None: ...
+
+class DeletePersonRequest(_message.Message):
+    __slots__ = ("workspace_id", "person")
+    WORKSPACE_ID_FIELD_NUMBER: _ClassVar[int]
+    PERSON_FIELD_NUMBER: _ClassVar[int]
+    workspace_id: str
+    person: PersonRef
+    def __init__(self, workspace_id: _Optional[str] = ..., person: _Optional[_Union[PersonRef, _Mapping]] = ...) -> None: ...
+
+class DeletePersonResponse(_message.Message):
+    __slots__ = ("cio_id",)
+    CIO_ID_FIELD_NUMBER: _ClassVar[int]
+    cio_id: str
+    def __init__(self, cio_id: _Optional[str] = ...) -> None: ...
+
+class CreateWorkspaceRequest(_message.Message):
+    __slots__ = ("workspace_id", "settings")
+    WORKSPACE_ID_FIELD_NUMBER: _ClassVar[int]
+    SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    workspace_id: str
+    settings: WorkspaceSettings
+    def __init__(self, workspace_id: _Optional[str] = ..., settings: _Optional[_Union[WorkspaceSettings, _Mapping]] = ...) -> None: ...
+
+class CreateWorkspaceResponse(_message.Message):
+    __slots__ = ("settings",)
+    SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    settings: WorkspaceSettings
+    def __init__(self, settings: _Optional[_Union[WorkspaceSettings, _Mapping]] = ...) -> None: ...
+
+class UpdateSettingsRequest(_message.Message):
+    __slots__ = ("workspace_id", "settings", "update_mask", "validate_only")
+    WORKSPACE_ID_FIELD_NUMBER: _ClassVar[int]
+    SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_MASK_FIELD_NUMBER: _ClassVar[int]
+    VALIDATE_ONLY_FIELD_NUMBER: _ClassVar[int]
+    workspace_id: str
+    settings: WorkspaceSettings
+    update_mask: _field_mask_pb2.FieldMask
+    validate_only: bool
+    def __init__(self, workspace_id: _Optional[str] = ..., settings: _Optional[_Union[WorkspaceSettings, _Mapping]] = ..., update_mask: _Optional[_Union[_field_mask_pb2.FieldMask, _Mapping]] = ..., validate_only: _Optional[bool] = ...) -> None: ...
+
+class UpdateSettingsResponse(_message.Message):
+    __slots__ = ("settings",)
+    SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    settings: WorkspaceSettings
+    def __init__(self, settings: _Optional[_Union[WorkspaceSettings, _Mapping]] = ...) -> None: ...

@@ -1,0 +1,1 @@
+"""The identity service: decides who a person is, per workspace, over gRPC."""
