@@ -1,0 +1,155 @@
+"""Proto messages <-> domain values. Shapes only: no rule is decided here."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from google.protobuf import struct_pb2
+from google.protobuf.json_format import MessageToDict
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from identity.v1 import identity_pb2 as pb
+from service.domain import Field, IdentifyInput, Mode, Person, Ref, Settings
+from service.errors import FieldViolation, InvalidArgument, invalid
+
+MODE_TO_PB = {
+    Mode.EMAIL_OR_ID: pb.IDENTIFIER_MODE_EMAIL_OR_ID,
+    Mode.ID_ONLY: pb.IDENTIFIER_MODE_ID_ONLY,
+    Mode.EMAIL_ONLY: pb.IDENTIFIER_MODE_EMAIL_ONLY,
+}
+MODE_FROM_PB = {v: k for k, v in MODE_TO_PB.items()}
+FIELD_FROM_PB = {
+    pb.IDENTIFIER_TYPE_ID: Field.ID,
+    pb.IDENTIFIER_TYPE_EMAIL: Field.EMAIL,
+    pb.IDENTIFIER_TYPE_CIO_ID: Field.CIO_ID,
+}
+OUTCOME_TO_PB = {
+    "CREATED": pb.IDENTIFY_OUTCOME_CREATED,
+    "UPDATED": pb.IDENTIFY_OUTCOME_UPDATED,
+    "MERGED": pb.IDENTIFY_OUTCOME_MERGED,
+    "UNCHANGED": pb.IDENTIFY_OUTCOME_UNCHANGED,
+}
+SETTINGS_FIELDS = ("identifier_mode", "email_updatable_by_id", "sole_identifier_updatable", "auto_merge")
+
+
+def _plain(value: Any) -> Any:
+    """Struct numbers are doubles: give whole numbers back as ints so they stay ints in JSON."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def attributes_from_pb(struct: struct_pb2.Struct, field: str = "attributes") -> dict[str, Any]:
+    for name, value in struct.fields.items():
+        if value.WhichOneof("kind") == "number_value" and not math.isfinite(value.number_value):
+            raise invalid(f"{field}.{name}", "numbers must be finite", "INVALID_ATTRIBUTE_VALUE")
+    return {k: _plain(v) for k, v in MessageToDict(struct).items()}
+
+
+def _timestamp(value: Any) -> Timestamp:
+    ts = Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+def person_to_pb(person: Person) -> pb.Person:
+    message = pb.Person(
+        cio_id=person.cio_id,
+        create_time=_timestamp(person.created_at),
+        update_time=_timestamp(person.updated_at),
+    )
+    if person.id is not None:
+        message.id = person.id
+    if person.email is not None:
+        message.email = person.email
+    message.attributes.update(dict(person.attributes))
+    return message
+
+
+def settings_to_pb(settings: Settings) -> pb.WorkspaceSettings:
+    return pb.WorkspaceSettings(
+        workspace_id=settings.workspace_id,
+        identifier_mode=MODE_TO_PB[settings.mode],
+        email_updatable_by_id=settings.email_updatable_by_id,
+        sole_identifier_updatable=settings.sole_identifier_updatable,
+        auto_merge=settings.auto_merge,
+    )
+
+
+def mode_from_pb(value: int, field: str, default: Mode | None = None) -> Mode:
+    if value == pb.IDENTIFIER_MODE_UNSPECIFIED and default is not None:
+        return default
+    if value not in MODE_FROM_PB:
+        raise invalid(field, "must be EMAIL_OR_ID, ID_ONLY or EMAIL_ONLY", "INVALID_IDENTIFIER_MODE")
+    return MODE_FROM_PB[value]
+
+
+def settings_from_pb(workspace_id: str, message: pb.WorkspaceSettings | None) -> Settings:
+    """CreateWorkspace: absent settings are the defaults; present ones are taken as given."""
+    if message is None:
+        return Settings(workspace_id)
+    return Settings(
+        workspace_id=workspace_id,
+        mode=mode_from_pb(message.identifier_mode, "settings.identifier_mode", Mode.EMAIL_OR_ID),
+        email_updatable_by_id=message.email_updatable_by_id,
+        sole_identifier_updatable=message.sole_identifier_updatable,
+        auto_merge=message.auto_merge,
+    )
+
+
+def settings_patch(message: pb.WorkspaceSettings, paths: list[str]) -> dict[str, Any]:
+    """AIP-134: the fields named by the mask, or with no mask every field with a non-default
+    value. Returns Settings attribute names and values."""
+    if not paths:
+        paths = [name for name in SETTINGS_FIELDS if getattr(message, name)]
+    elif paths == ["*"]:
+        paths = list(SETTINGS_FIELDS)
+    unknown = [p for p in paths if p not in SETTINGS_FIELDS]
+    if unknown:
+        raise InvalidArgument(
+            [
+                FieldViolation(
+                    "update_mask",
+                    f"unknown field {p!r}; allowed: {', '.join(SETTINGS_FIELDS)} or '*'",
+                    "INVALID_UPDATE_MASK",
+                )
+                for p in unknown
+            ]
+        )
+    patch: dict[str, Any] = {}
+    for path in paths:
+        if path == "identifier_mode":
+            patch["mode"] = mode_from_pb(message.identifier_mode, "settings.identifier_mode")
+        else:
+            patch[path] = getattr(message, path)
+    return patch
+
+
+def ref_from_pb(message: pb.PersonRef, present: bool, field: str = "person") -> Ref:
+    """R7: exactly one of cio_id, id, email."""
+    which = message.WhichOneof("ref") if present else None
+    if which is None:
+        raise invalid(field, "must carry exactly one of cio_id, id or email", "MISSING_REFERENCE")
+    return Ref(Field(which), getattr(message, which))
+
+
+def identifier_from_pb(value: int, field: str = "identifier") -> Field:
+    if value not in FIELD_FROM_PB:
+        raise invalid(field, "must be IDENTIFIER_TYPE_ID or IDENTIFIER_TYPE_EMAIL", "INVALID_IDENTIFIER_TYPE")
+    return FIELD_FROM_PB[value]
+
+
+def identify_from_pb(request: pb.IdentifyRequest) -> IdentifyInput:
+    return IdentifyInput(
+        workspace_id=request.workspace_id,
+        cio_id=request.cio_id if request.HasField("cio_id") else None,
+        id=request.id if request.HasField("id") else None,
+        email=request.email if request.HasField("email") else None,
+        attributes=attributes_from_pb(request.attributes),
+        update_only=request.update_only,
+    )

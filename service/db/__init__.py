@@ -1,0 +1,1 @@
+"""Persistence: SQLAlchemy Core over psycopg 3. Stores and finds; decides nothing."""

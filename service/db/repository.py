@@ -1,0 +1,194 @@
+"""Reads and writes people and workspaces on one connection, inside the caller's transaction.
+Stores and finds only: every decision is the rules core's."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Iterable, Mapping
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+from service.db.schema import people, workspaces
+from service.domain import Mode, Person, Settings
+from service.rules.changes import Lookup
+from service.rules.modes import SAMPLE_SIZE, Check, CheckResult, Keys
+
+_TEXT_ARRAY = ARRAY(sa.Text)
+_PERSON_COLUMNS = (
+    people.c.cio_id,
+    people.c.id,
+    people.c.email,
+    people.c.attributes,
+    people.c.created_at,
+    people.c.updated_at,
+)
+_SETTINGS_COLUMNS = (
+    workspaces.c.workspace_id,
+    workspaces.c.identifier_mode,
+    workspaces.c.email_updatable_by_id,
+    workspaces.c.sole_identifier_updatable,
+    workspaces.c.auto_merge,
+)
+
+
+class Lock(enum.Enum):
+    NONE = "NONE"
+    # Writes to people hold the workspace's settings steady: FOR SHARE lets writes run together
+    # but waits for (and blocks) a settings change, so R2's validation sees every write.
+    SHARE = "SHARE"
+    UPDATE = "UPDATE"
+
+
+def _person(row: sa.Row) -> Person:
+    return Person(row.cio_id, row.id, row.email, row.attributes, row.created_at, row.updated_at)
+
+
+def _settings(row: sa.Row) -> Settings:
+    return Settings(
+        workspace_id=row.workspace_id,
+        mode=Mode(row.identifier_mode),
+        email_updatable_by_id=row.email_updatable_by_id,
+        sole_identifier_updatable=row.sole_identifier_updatable,
+        auto_merge=row.auto_merge,
+    )
+
+
+def _settings_values(settings: Settings) -> dict[str, object]:
+    return {
+        "identifier_mode": settings.mode.value,
+        "email_updatable_by_id": settings.email_updatable_by_id,
+        "sole_identifier_updatable": settings.sole_identifier_updatable,
+        "auto_merge": settings.auto_merge,
+    }
+
+
+class Repository:
+    def __init__(self, conn: sa.Connection):
+        self.conn = conn
+
+    # --- workspaces ---
+
+    def settings(self, workspace_id: str, lock: Lock = Lock.NONE) -> Settings | None:
+        query = sa.select(*_SETTINGS_COLUMNS).where(workspaces.c.workspace_id == workspace_id)
+        if lock == Lock.SHARE:
+            query = query.with_for_update(read=True)
+        elif lock == Lock.UPDATE:
+            query = query.with_for_update(key_share=True)  # FOR NO KEY UPDATE
+        row = self.conn.execute(query).first()
+        return _settings(row) if row is not None else None
+
+    def create_workspace(self, settings: Settings, now: datetime) -> bool:
+        """False when the workspace exists already."""
+        stmt = (
+            pg_insert(workspaces)
+            .values(workspace_id=settings.workspace_id, created_at=now, updated_at=now, **_settings_values(settings))
+            .on_conflict_do_nothing(index_elements=[workspaces.c.workspace_id])
+            .returning(workspaces.c.workspace_id)
+        )
+        return self.conn.execute(stmt).first() is not None
+
+    def update_settings(self, settings: Settings, now: datetime) -> None:
+        self.conn.execute(
+            workspaces.update()
+            .where(workspaces.c.workspace_id == settings.workspace_id)
+            .values(updated_at=now, **_settings_values(settings))
+        )
+
+    def run_checks(self, workspace_id: str, checks: Iterable[Check]) -> dict[Check, CheckResult]:
+        """Counts the people who break each check of R2, with a sample of their cio_ids."""
+        return {check: self._run_check(workspace_id, check) for check in checks}
+
+    def _run_check(self, workspace_id: str, check: Check) -> CheckResult:
+        in_ws = people.c.workspace_id == workspace_id
+        if check == Check.EVERY_PERSON_HAS_ID:
+            offending = sa.select(people.c.cio_id).where(in_ws, people.c.id.is_(None))
+        elif check == Check.EVERY_PERSON_HAS_EMAIL:
+            offending = sa.select(people.c.cio_id).where(in_ws, people.c.email.is_(None))
+        else:
+            column = people.c.id if check == Check.IDS_UNIQUE else people.c.email_norm
+            shared = (
+                sa.select(column).where(in_ws, column.is_not(None)).group_by(column).having(sa.func.count() > 1)
+            )
+            offending = sa.select(people.c.cio_id).where(in_ws, column.in_(shared))
+        sub = offending.subquery()
+        count = self.conn.execute(sa.select(sa.func.count()).select_from(sub)).scalar_one()
+        sample = self.conn.execute(
+            sa.select(sub.c.cio_id).order_by(sub.c.cio_id).limit(SAMPLE_SIZE)
+        ).scalars().all() if count else []
+        return CheckResult(count, tuple(sample))
+
+    def rekey(self, workspace_id: str, id_is_identifier: bool, email_is_identifier: bool) -> None:
+        """Sets the unique keys of every person for a new mode (R2, after its checks passed)."""
+        self.conn.execute(
+            people.update()
+            .where(people.c.workspace_id == workspace_id)
+            .values(
+                id_key=people.c.id if id_is_identifier else None,
+                email_key=people.c.email_norm if email_is_identifier else None,
+            )
+        )
+
+    # --- people ---
+
+    def find_people(self, workspace_id: str, lookup: Lookup, lock: bool) -> list[Person]:
+        """Everyone the lookup names, in one statement. With lock, the rows are locked FOR
+        UPDATE in cio_id order, so that two calls locking the same people queue up instead of
+        deadlocking."""
+        matches = []
+        if lookup.cio_ids:
+            matches.append(people.c.cio_id == sa.any_(sa.bindparam("cio_ids", list(lookup.cio_ids), type_=_TEXT_ARRAY)))
+        if lookup.id_keys:
+            matches.append(people.c.id_key == sa.any_(sa.bindparam("id_keys", list(lookup.id_keys), type_=_TEXT_ARRAY)))
+        if lookup.email_keys:
+            matches.append(
+                people.c.email_key == sa.any_(sa.bindparam("email_keys", list(lookup.email_keys), type_=_TEXT_ARRAY))
+            )
+        if not matches:
+            return []
+        query = (
+            sa.select(*_PERSON_COLUMNS)
+            .where(people.c.workspace_id == workspace_id, sa.or_(*matches))
+            .order_by(people.c.cio_id)
+        )
+        if lock:
+            query = query.with_for_update()
+        return [_person(row) for row in self.conn.execute(query)]
+
+    def insert_person(self, workspace_id: str, person: Person, keys: Keys) -> None:
+        self.conn.execute(people.insert().values(workspace_id=workspace_id, **_person_values(person, keys)))
+
+    def update_person(self, workspace_id: str, person: Person, keys: Keys) -> None:
+        values = _person_values(person, keys)
+        del values["cio_id"], values["created_at"]
+        self.conn.execute(
+            people.update()
+            .where(people.c.workspace_id == workspace_id, people.c.cio_id == person.cio_id)
+            .values(**values)
+        )
+
+    def delete_people(self, workspace_id: str, cio_ids: Iterable[str]) -> None:
+        ids = list(cio_ids)
+        if ids:
+            self.conn.execute(
+                people.delete().where(
+                    people.c.workspace_id == workspace_id,
+                    people.c.cio_id == sa.any_(sa.bindparam("cio_ids", ids, type_=_TEXT_ARRAY)),
+                )
+            )
+
+
+def _person_values(person: Person, keys: Keys) -> Mapping[str, object]:
+    return {
+        "cio_id": person.cio_id,
+        "id": person.id,
+        "email": person.email,
+        "email_norm": keys.email_norm,
+        "id_key": keys.id_key,
+        "email_key": keys.email_key,
+        "attributes": dict(person.attributes),
+        "created_at": person.created_at,
+        "updated_at": person.updated_at,
+    }

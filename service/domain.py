@@ -1,0 +1,86 @@
+"""Plain domain types shared by the rules core, the repository and the servicer.
+
+No gRPC and no SQL here: these are the values the rules core decides on.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Mapping
+
+JsonValue = Any  # a value that json.dumps accepts (str, int, float, bool, None, list, dict)
+
+
+class Mode(enum.Enum):
+    """Which of id and email are identifiers of a workspace (R1)."""
+
+    EMAIL_OR_ID = "EMAIL_OR_ID"
+    ID_ONLY = "ID_ONLY"
+    EMAIL_ONLY = "EMAIL_ONLY"
+
+
+class Field(enum.Enum):
+    """A field that can name or identify a person."""
+
+    CIO_ID = "cio_id"
+    ID = "id"
+    EMAIL = "email"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """A workspace's identifier settings (section 2 of the rules)."""
+
+    workspace_id: str
+    mode: Mode = Mode.EMAIL_OR_ID
+    email_updatable_by_id: bool = True
+    sole_identifier_updatable: bool = False
+    auto_merge: bool = True
+
+
+@dataclass(frozen=True)
+class Person:
+    """A person as stored. `email` is kept as given; matching uses its normalised key."""
+
+    cio_id: str
+    id: str | None
+    email: str | None
+    attributes: Mapping[str, JsonValue]
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class Ref:
+    """Names one existing person by exactly one field (R7)."""
+
+    field: Field
+    value: str
+
+
+@dataclass(frozen=True)
+class IdentifyInput:
+    """An Identify request in domain terms; None means "not given"."""
+
+    workspace_id: str
+    cio_id: str | None = None
+    id: str | None = None
+    email: str | None = None
+    attributes: Mapping[str, JsonValue] = field(default_factory=dict)
+    update_only: bool = False
+
+
+class Outcome(enum.Enum):
+    CREATED = "CREATED"
+    UPDATED = "UPDATED"
+    MERGED = "MERGED"
+    UNCHANGED = "UNCHANGED"
+
+
+@dataclass(frozen=True)
+class IdentifyResult:
+    person: Person
+    outcome: Outcome
+    merged_cio_ids: tuple[str, ...] = ()

@@ -1,0 +1,57 @@
+"""Cross-cutting server behaviour: one log line per call, metrics, and unexpected exceptions
+turned into INTERNAL with no internals in the message."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable
+
+import grpc
+
+from service import metrics
+
+log = logging.getLogger("identity.calls")
+
+
+class CallInterceptor(grpc.ServerInterceptor):
+    def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler], details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler:
+        handler = continuation(details)
+        if handler is None or handler.unary_unary is None:
+            return handler  # streaming calls (reflection) pass through untouched
+        method = details.method.rsplit("/", 1)[-1]
+        quiet = details.method.startswith("/grpc.")  # health checks: metrics, no log line
+        inner = handler.unary_unary
+
+        def behavior(request: Any, context: grpc.ServicerContext) -> Any:
+            start = time.perf_counter()
+            try:
+                return inner(request, context)
+            except Exception:
+                if context.code() in (None, grpc.StatusCode.OK):
+                    # Not a refusal: a bug or an unexpected failure. Logged here with its stack;
+                    # the client learns only that it happened.
+                    log.exception("unexpected error in %s", method)
+                    context.abort(grpc.StatusCode.INTERNAL, "internal error")
+                raise
+            finally:
+                code = context.code() or grpc.StatusCode.OK
+                elapsed = time.perf_counter() - start
+                metrics.CALLS.labels(method, code.name).inc()
+                metrics.LATENCY.labels(method).observe(elapsed)
+                if not quiet:
+                    log.info(
+                        "method=%s workspace=%s code=%s ms=%.2f",
+                        method,
+                        getattr(request, "workspace_id", "") or "-",
+                        code.name,
+                        elapsed * 1000,
+                    )
+
+        return grpc.unary_unary_rpc_method_handler(
+            behavior,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )

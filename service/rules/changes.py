@@ -1,0 +1,84 @@
+"""What a decision asks the repository to write, and the lookups it needs first."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Iterable, Mapping
+
+from service.domain import JsonValue, Person
+from service.errors import FailedPrecondition
+from service.rules.validation import MAX_ATTRIBUTES
+
+
+class Write(enum.Enum):
+    NONE = "NONE"
+    INSERT = "INSERT"
+    UPDATE = "UPDATE"
+    DELETE = "DELETE"
+
+
+@dataclass(frozen=True)
+class Change:
+    """Write `person` as `write` says, after deleting the people in `deleted` (a merge's
+    secondary, deleted first so that its identifiers are free for the primary)."""
+
+    write: Write
+    person: Person
+    deleted: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """The people a decision needs, found (and locked) in one statement: those whose cio_id,
+    id key or email key is among these."""
+
+    cio_ids: tuple[str, ...] = ()
+    id_keys: tuple[str, ...] = ()
+    email_keys: tuple[str, ...] = ()
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET: _Unset = _Unset()
+
+
+def apply_to_person(
+    person: Person,
+    now: datetime,
+    *,
+    id: str | None | _Unset = UNSET,
+    email: str | None | _Unset = UNSET,
+    attributes: Mapping[str, JsonValue] = {},
+) -> Person:
+    """R14: names in `attributes` are set, a None value removes that name, names not given are
+    untouched. `updated_at` moves only when something changed."""
+    merged = dict(person.attributes)
+    for name, value in attributes.items():
+        if value is None:
+            merged.pop(name, None)
+        else:
+            merged[name] = value
+    new_id = person.id if isinstance(id, _Unset) else id
+    new_email = person.email if isinstance(email, _Unset) else email
+    if new_id == person.id and new_email == person.email and merged == person.attributes:
+        return person
+    if len(merged) > MAX_ATTRIBUTES:
+        # R6: the limit holds for the person as stored, not only for one request.
+        raise FailedPrecondition(
+            "TOO_MANY_ATTRIBUTES",
+            f"the person would have {len(merged)} attributes; at most {MAX_ATTRIBUTES} are allowed",
+            {"field": "attributes", "limit": str(MAX_ATTRIBUTES)},
+        )
+    return replace(person, id=new_id, email=new_email, attributes=merged, updated_at=now)
+
+
+def pick(people: Iterable[Person], *, cio_id: str | None = None) -> Person | None:
+    for p in people:
+        if p.cio_id == cio_id:
+            return p
+    return None

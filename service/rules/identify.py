@@ -1,0 +1,209 @@
+"""Identify: add or update a person (R9-R15), including the automatic merge (R13)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Mapping
+
+from service.domain import Field, IdentifyInput, JsonValue, Mode, Outcome, Person, Settings
+from service.errors import AlreadyExists, FailedPrecondition, FieldViolation, NotFound
+from service.rules.changes import UNSET, Change, Lookup, Write, _Unset, apply_to_person
+from service.rules.identifiers import find, judge_identifier_change
+from service.rules.modes import is_identifier, reserved_attribute_names
+from service.rules.validation import (
+    check_attributes,
+    check_cio_id,
+    check_email,
+    check_id,
+    email_key,
+    raise_if,
+)
+
+
+@dataclass(frozen=True)
+class _Parts:
+    """A request split by the workspace's mode: identifier values, and the attribute changes
+    (including id or email where they are attributes, R12)."""
+
+    id: str | None  # the id, where id is an identifier
+    email: str | None  # the email, where email is an identifier
+    id_attribute: str | None | _Unset  # the id, where it is an attribute (None removes it)
+    email_attribute: str | None | _Unset
+    attributes: Mapping[str, JsonValue]
+
+
+def _split(settings: Settings, req: IdentifyInput) -> _Parts:
+    """Validates the request (R3-R6, R9, R12) and splits it by the mode (R1)."""
+    mode = settings.mode
+    violations: list[FieldViolation] = []
+    if req.cio_id is not None:
+        violations += check_cio_id(req.cio_id)
+    if req.id is not None:
+        violations += check_id(req.id)
+    if req.email is not None:
+        violations += check_email(req.email)
+    violations += check_attributes(req.attributes, reserved_attribute_names(mode))
+
+    attributes = dict(req.attributes)
+    field_attrs: dict[Field, str | None | _Unset] = {Field.ID: UNSET, Field.EMAIL: UNSET}
+    for field, given in ((Field.ID, req.id), (Field.EMAIL, req.email)):
+        if is_identifier(mode, field):
+            continue
+        # R12: where id or email is not an identifier it is an ordinary attribute; the request
+        # field and an attribute of the same name are the same attribute.
+        value: str | None | _Unset = given if given is not None else UNSET
+        if field.value in attributes:
+            attr = attributes.pop(field.value)
+            name = f"attributes.{field.value}"
+            if attr is not None and not isinstance(attr, str):
+                violations.append(FieldViolation(name, "must be a string or null", "INVALID_ATTRIBUTE_VALUE"))
+            elif attr is not None:
+                violations += (check_id if field == Field.ID else check_email)(attr, name)
+            if given is not None and attr != given:
+                violations.append(
+                    FieldViolation(name, f"differs from the request's {field.value}", "CONFLICTING_VALUES")
+                )
+            value = attr
+        field_attrs[field] = value
+
+    id_ = req.id if is_identifier(mode, Field.ID) else None
+    email = req.email if is_identifier(mode, Field.EMAIL) else None
+    if req.cio_id is None and id_ is None and email is None:
+        # R9/R12: at least one identifier of the workspace, or cio_id.
+        names = " or ".join(sorted(f.value for f in (Field.CIO_ID, Field.ID, Field.EMAIL) if is_identifier(mode, f)))
+        field = {Mode.ID_ONLY: "id", Mode.EMAIL_ONLY: "email"}.get(mode, "id")
+        violations.append(
+            FieldViolation(
+                field,
+                f"the request must carry {names} (identifier mode {mode.value})",
+                "MISSING_IDENTIFIER",
+            )
+        )
+    raise_if(violations)
+    return _Parts(id_, email, field_attrs[Field.ID], field_attrs[Field.EMAIL], attributes)
+
+
+def plan_identify(settings: Settings, req: IdentifyInput) -> Lookup:
+    """Validates the request and says which people the decision needs: the one with the cio_id
+    (R10), or the one whose id matches and the one whose email matches (R11)."""
+    parts = _split(settings, req)
+    return Lookup(
+        cio_ids=(req.cio_id,) if req.cio_id is not None else (),
+        id_keys=(parts.id,) if parts.id is not None else (),
+        email_keys=(email_key(parts.email),) if parts.email is not None else (),
+    )
+
+
+def decide_identify(
+    settings: Settings,
+    req: IdentifyInput,
+    people: list[Person],
+    now: datetime,
+    new_cio_id: str,
+) -> tuple[Change, Outcome]:
+    """R10-R15: what Identify does, given the people found by plan_identify's lookup."""
+    parts = _split(settings, req)
+    if req.cio_id is not None:
+        return _identify_by_cio_id(settings, req.cio_id, parts, people, now)
+
+    a = find(people, Field.ID, parts.id)  # R11: the person whose id matches
+    b = find(people, Field.EMAIL, parts.email)  # R11: the person whose email matches
+
+    if a is None and b is None:
+        if req.update_only:
+            raise NotFound("PERSON_NOT_FOUND", "no person matches and update_only is set", {})
+        created = Person(new_cio_id, None, None, {}, now, now)
+        person = _update(settings, created, parts, now, set_id=parts.id, set_email=parts.email)
+        return Change(Write.INSERT, replace(person, created_at=now, updated_at=now)), Outcome.CREATED
+
+    if a is not None and (b is None or b.cio_id == a.cio_id):
+        # R11 rows "found, none" and "found, found same": update A. A new email is a change of
+        # email through an id reference (R20).
+        new_email = None
+        if parts.email is not None and b is None:
+            if judge_identifier_change(settings, a, Field.EMAIL, parts.email, Field.ID, None):
+                new_email = parts.email
+        return _updated(a, _update(settings, a, parts, now, set_email=new_email))
+
+    if a is None and b is not None:
+        # R11 row "none, found": update B; a new id is set through an email reference (R21).
+        new_id = None
+        if parts.id is not None:
+            if judge_identifier_change(settings, b, Field.ID, parts.id, Field.EMAIL, None):
+                new_id = parts.id
+        return _updated(b, _update(settings, b, parts, now, set_id=new_id))
+
+    assert a is not None and b is not None and a.cio_id != b.cio_id
+    if settings.auto_merge and settings.mode == Mode.EMAIL_OR_ID and a.email is None and b.id is None:
+        return _merge(settings, a, b, parts, now)
+    # R11 last row without R13: the email the request gives to A belongs to B.
+    raise AlreadyExists(
+        "IDENTIFIER_ALREADY_EXISTS",
+        f"id {parts.id!r} and email {parts.email!r} belong to two different people who cannot be "
+        "merged automatically",
+        {"field": "email", "owner_cio_id": b.cio_id, "id_owner_cio_id": a.cio_id},
+    )
+
+
+def _identify_by_cio_id(
+    settings: Settings, cio_id: str, parts: _Parts, people: list[Person], now: datetime
+) -> tuple[Change, Outcome]:
+    """R10: the person must exist; id and email are changes through a cio_id reference,
+    judged by R20-R23, and R24 for values owned by someone else."""
+    person = find(people, Field.CIO_ID, cio_id)
+    if person is None:
+        raise NotFound("PERSON_NOT_FOUND", f"no person with cio_id {cio_id!r}", {"field": "cio_id"})
+    new_id = new_email = None
+    if parts.id is not None:
+        owner = find(people, Field.ID, parts.id)
+        if judge_identifier_change(settings, person, Field.ID, parts.id, Field.CIO_ID, owner):
+            new_id = parts.id
+    if parts.email is not None and not _same_email(person.email, parts.email):
+        owner = find(people, Field.EMAIL, parts.email)
+        if judge_identifier_change(settings, person, Field.EMAIL, parts.email, Field.CIO_ID, owner):
+            new_email = parts.email
+    return _updated(person, _update(settings, person, parts, now, set_id=new_id, set_email=new_email))
+
+
+def _same_email(current: str | None, new: str) -> bool:
+    """Identify matches emails by key: a case variant names the same address and does not
+    rewrite it (UpdateIdentifier does, R24)."""
+    return current is not None and email_key(current) == email_key(new)
+
+
+def _merge(
+    settings: Settings, a: Person, b: Person, parts: _Parts, now: datetime
+) -> tuple[Change, Outcome]:
+    """R13: the older person (earlier creation, ties broken by cio_id) is the primary; it ends
+    with A's id and B's email; an attribute empty on the primary takes the secondary's value;
+    then the request's attributes apply. The secondary is deleted, in the same transaction."""
+    primary, secondary = sorted((a, b), key=lambda p: (p.created_at, p.cio_id))
+    attributes = dict(primary.attributes)
+    for name, value in secondary.attributes.items():
+        if attributes.get(name) in (None, ""):
+            attributes[name] = value
+    combined = replace(primary, id=a.id, email=b.email, attributes=attributes, updated_at=now)
+    person = _update(settings, combined, parts, now)
+    return Change(Write.UPDATE, replace(person, updated_at=now), deleted=(secondary.cio_id,)), Outcome.MERGED
+
+
+def _update(
+    settings: Settings,
+    person: Person,
+    parts: _Parts,
+    now: datetime,
+    *,
+    set_id: str | None = None,
+    set_email: str | None = None,
+) -> Person:
+    """Applies identifier values (already judged) and attributes (R14) to `person`."""
+    id_: str | None | _Unset = set_id if set_id is not None else parts.id_attribute
+    email: str | None | _Unset = set_email if set_email is not None else parts.email_attribute
+    return apply_to_person(person, now, id=id_, email=email, attributes=parts.attributes)
+
+
+def _updated(before: Person, after: Person) -> tuple[Change, Outcome]:
+    if after is before:
+        return Change(Write.NONE, before), Outcome.UNCHANGED
+    return Change(Write.UPDATE, after), Outcome.UPDATED

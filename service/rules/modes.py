@@ -1,0 +1,129 @@
+"""Identifier modes: which fields are identifiers (R1), the keys that the unique indexes hold
+(R41), and settings changes validated against the data (R2)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, replace
+from typing import Mapping
+
+from service.domain import Field, Mode, Person, Settings
+from service.errors import FailedPrecondition
+from service.rules.validation import email_key
+
+# R1: cio_id is always an identifier; id and/or email depending on the mode.
+_IDENTIFIERS: dict[Mode, frozenset[Field]] = {
+    Mode.EMAIL_OR_ID: frozenset({Field.CIO_ID, Field.ID, Field.EMAIL}),
+    Mode.ID_ONLY: frozenset({Field.CIO_ID, Field.ID}),
+    Mode.EMAIL_ONLY: frozenset({Field.CIO_ID, Field.EMAIL}),
+}
+
+# R1: in ID_ONLY every person has an id; in EMAIL_ONLY every person has an email.
+_SOLE_IDENTIFIER: dict[Mode, Field] = {Mode.ID_ONLY: Field.ID, Mode.EMAIL_ONLY: Field.EMAIL}
+
+SAMPLE_SIZE = 10
+
+
+def identifiers(mode: Mode) -> frozenset[Field]:
+    """R1: the fields that identify a person in this mode."""
+    return _IDENTIFIERS[mode]
+
+
+def is_identifier(mode: Mode, field: Field) -> bool:
+    return field in _IDENTIFIERS[mode]
+
+
+def sole_identifier(mode: Mode) -> Field | None:
+    """R1/R22: the one identifier every person has in ID_ONLY / EMAIL_ONLY; None in EMAIL_OR_ID."""
+    return _SOLE_IDENTIFIER.get(mode)
+
+
+def reserved_attribute_names(mode: Mode) -> frozenset[str]:
+    """R6: id, email and cio_id are reserved attribute names where they are identifiers."""
+    return frozenset(f.value for f in _IDENTIFIERS[mode])
+
+
+@dataclass(frozen=True)
+class Keys:
+    """What the unique indexes of R41 hold for one person: `id_key` and `email_key` are set only
+    where that field is an identifier, so an attribute never collides; `email_norm` is always
+    kept so that R2 can check a future mode in SQL."""
+
+    id_key: str | None
+    email_norm: str | None
+    email_key: str | None
+
+
+def keys_for(mode: Mode, person: Person) -> Keys:
+    norm = email_key(person.email) if person.email is not None else None
+    return Keys(
+        id_key=person.id if is_identifier(mode, Field.ID) else None,
+        email_norm=norm,
+        email_key=norm if is_identifier(mode, Field.EMAIL) else None,
+    )
+
+
+class Check(enum.Enum):
+    """A fact about a workspace's people that a mode change needs (R2)."""
+
+    EVERY_PERSON_HAS_ID = "EVERY_PERSON_HAS_ID"
+    EVERY_PERSON_HAS_EMAIL = "EVERY_PERSON_HAS_EMAIL"
+    IDS_UNIQUE = "IDS_UNIQUE"
+    EMAILS_UNIQUE = "EMAILS_UNIQUE"
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """How many people break a check, and a sample of their cio_ids."""
+
+    offending: int
+    sample: tuple[str, ...] = ()
+
+
+_CHECK_REASON = {
+    Check.EVERY_PERSON_HAS_ID: ("PEOPLE_WITHOUT_ID", "{n} people have no id"),
+    Check.EVERY_PERSON_HAS_EMAIL: ("PEOPLE_WITHOUT_EMAIL", "{n} people have no email"),
+    Check.IDS_UNIQUE: ("DUPLICATE_IDS", "{n} people share an id with someone else"),
+    Check.EMAILS_UNIQUE: (
+        "DUPLICATE_EMAILS",
+        "{n} people share an email (case-insensitively) with someone else",
+    ),
+}
+
+
+def mode_change_checks(current: Mode, new: Mode) -> list[Check]:
+    """R2: what must hold of the data before `current` may become `new`."""
+    if current == new:
+        return []
+    checks = []
+    if new == Mode.ID_ONLY:
+        checks.append(Check.EVERY_PERSON_HAS_ID)
+    if new == Mode.EMAIL_ONLY:
+        checks.append(Check.EVERY_PERSON_HAS_EMAIL)
+    if is_identifier(new, Field.ID) and not is_identifier(current, Field.ID):
+        checks.append(Check.IDS_UNIQUE)
+    if is_identifier(new, Field.EMAIL) and not is_identifier(current, Field.EMAIL):
+        checks.append(Check.EMAILS_UNIQUE)
+    return checks
+
+
+def decide_settings_change(
+    current: Settings, new: Settings, results: Mapping[Check, CheckResult]
+) -> Settings:
+    """R2: the new settings, or FAILED_PRECONDITION naming the offending people; nothing changes
+    on refusal. `results` must hold every check of mode_change_checks(current.mode, new.mode)."""
+    for check in mode_change_checks(current.mode, new.mode):
+        result = results[check]
+        if result.offending:
+            reason, message = _CHECK_REASON[check]
+            raise FailedPrecondition(
+                reason,
+                f"cannot change identifier mode to {new.mode.value}: "
+                + message.format(n=result.offending),
+                {
+                    "identifier_mode": new.mode.value,
+                    "offending_count": str(result.offending),
+                    "sample_cio_ids": ",".join(result.sample[:SAMPLE_SIZE]),
+                },
+            )
+    return replace(new, workspace_id=current.workspace_id)

@@ -1,0 +1,112 @@
+"""The gRPC servicers: proto in, domain call, proto out; domain refusals become a status with
+details (service.status). Thin on purpose: every decision is the rules core's."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import replace
+from typing import Any, Callable, TypeVar
+
+import grpc
+
+from identity.v1 import identity_pb2 as pb
+from identity.v1 import identity_pb2_grpc as pb_grpc
+from service import convert
+from service.errors import DomainError
+from service.status import to_status
+from service.usecases import IdentityService
+
+R = TypeVar("R")
+
+
+def refusals_as_status(method: Callable[..., R]) -> Callable[..., R]:
+    """A DomainError ends the call with its status and details (R42)."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> R:
+        try:
+            return method(self, request, context)
+        except DomainError as error:
+            context.abort_with_status(to_status(error))
+            raise  # abort_with_status raises; this line is never reached
+
+    return wrapper
+
+
+class IdentityServicer(pb_grpc.IdentityServiceServicer):
+    def __init__(self, service: IdentityService):
+        self.service = service
+
+    @refusals_as_status
+    def Identify(self, request: pb.IdentifyRequest, context: grpc.ServicerContext) -> pb.IdentifyResponse:
+        result = self.service.identify(convert.identify_from_pb(request))
+        return pb.IdentifyResponse(
+            person=convert.person_to_pb(result.person),
+            outcome=convert.OUTCOME_TO_PB[result.outcome.value],
+            merged_cio_ids=list(result.merged_cio_ids),
+        )
+
+    @refusals_as_status
+    def UpdateIdentifier(
+        self, request: pb.UpdateIdentifierRequest, context: grpc.ServicerContext
+    ) -> pb.UpdateIdentifierResponse:
+        person = self.service.update_identifier(
+            request.workspace_id,
+            convert.ref_from_pb(request.person, request.HasField("person")),
+            convert.identifier_from_pb(request.identifier),
+            request.value,
+        )
+        return pb.UpdateIdentifierResponse(person=convert.person_to_pb(person))
+
+    @refusals_as_status
+    def DeleteIdentifier(
+        self, request: pb.DeleteIdentifierRequest, context: grpc.ServicerContext
+    ) -> pb.DeleteIdentifierResponse:
+        person = self.service.delete_identifier(
+            request.workspace_id,
+            convert.ref_from_pb(request.person, request.HasField("person")),
+            convert.identifier_from_pb(request.identifier),
+        )
+        return pb.DeleteIdentifierResponse(person=convert.person_to_pb(person))
+
+    @refusals_as_status
+    def GetSettings(self, request: pb.GetSettingsRequest, context: grpc.ServicerContext) -> pb.GetSettingsResponse:
+        return pb.GetSettingsResponse(settings=convert.settings_to_pb(self.service.get_settings(request.workspace_id)))
+
+    @refusals_as_status
+    def GetPerson(self, request: pb.GetPersonRequest, context: grpc.ServicerContext) -> pb.GetPersonResponse:
+        person = self.service.get_person(
+            request.workspace_id, convert.ref_from_pb(request.person, request.HasField("person"))
+        )
+        return pb.GetPersonResponse(person=convert.person_to_pb(person))
+
+    @refusals_as_status
+    def DeletePerson(self, request: pb.DeletePersonRequest, context: grpc.ServicerContext) -> pb.DeletePersonResponse:
+        cio_id = self.service.delete_person(
+            request.workspace_id, convert.ref_from_pb(request.person, request.HasField("person"))
+        )
+        return pb.DeletePersonResponse(cio_id=cio_id)
+
+
+class WorkspaceServicer(pb_grpc.WorkspaceServiceServicer):
+    def __init__(self, service: IdentityService):
+        self.service = service
+
+    @refusals_as_status
+    def CreateWorkspace(
+        self, request: pb.CreateWorkspaceRequest, context: grpc.ServicerContext
+    ) -> pb.CreateWorkspaceResponse:
+        settings = convert.settings_from_pb(
+            request.workspace_id, request.settings if request.HasField("settings") else None
+        )
+        return pb.CreateWorkspaceResponse(settings=convert.settings_to_pb(self.service.create_workspace(settings)))
+
+    @refusals_as_status
+    def UpdateSettings(
+        self, request: pb.UpdateSettingsRequest, context: grpc.ServicerContext
+    ) -> pb.UpdateSettingsResponse:
+        patch = convert.settings_patch(request.settings, list(request.update_mask.paths))
+        settings = self.service.update_settings(
+            request.workspace_id, lambda current: replace(current, **patch), request.validate_only
+        )
+        return pb.UpdateSettingsResponse(settings=convert.settings_to_pb(settings))

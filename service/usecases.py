@@ -1,0 +1,168 @@
+"""One function per call: load what the rules core needs, ask it, write what it decided, all in
+one transaction (R40). No rule is decided here."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Callable, TypeVar
+
+import sqlalchemy as sa
+
+from service.db.repository import Lock, Repository
+from service.db.transaction import run_in_transaction
+from service.domain import Field, IdentifyInput, IdentifyResult, Person, Ref, Settings
+from service.errors import AlreadyExists, NotFound
+from service.rules import identifiers, identify, modes
+from service.rules.changes import Change, Write
+from service.rules.validation import check_workspace_id, new_cio_id, raise_if
+
+T = TypeVar("T")
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _require_settings(repo: Repository, workspace_id: str, lock: Lock) -> Settings:
+    settings = repo.settings(workspace_id, lock)
+    if settings is None:  # R8
+        raise NotFound(
+            "WORKSPACE_NOT_FOUND", f"workspace {workspace_id!r} does not exist", {"workspace_id": workspace_id}
+        )
+    return settings
+
+
+def _apply(repo: Repository, settings: Settings, change: Change) -> None:
+    ws = settings.workspace_id
+    repo.delete_people(ws, change.deleted)  # first: frees the merged-away identifiers (R13)
+    if change.write == Write.INSERT:
+        repo.insert_person(ws, change.person, modes.keys_for(settings.mode, change.person))
+    elif change.write == Write.UPDATE:
+        repo.update_person(ws, change.person, modes.keys_for(settings.mode, change.person))
+    elif change.write == Write.DELETE:
+        repo.delete_people(ws, [change.person.cio_id])
+
+
+class IdentityService:
+    """The calls of identity.v1, in domain terms."""
+
+    def __init__(self, engine: sa.Engine):
+        self.engine = engine
+
+    def _run(self, method: str, work: Callable[[Repository], T]) -> T:
+        return run_in_transaction(self.engine, work, method=method)
+
+    def _write_person(
+        self,
+        method: str,
+        workspace_id: str,
+        plan: Callable[[Settings], object],
+        decide: Callable[[Settings, list[Person]], Change],
+    ) -> Change:
+        """The shape shared by every write to people: settings held steady, the people named by
+        the plan found and locked in one statement, the decision applied."""
+        raise_if(check_workspace_id(workspace_id))
+
+        def work(repo: Repository) -> Change:
+            settings = _require_settings(repo, workspace_id, Lock.SHARE)
+            lookup = plan(settings)
+            people = repo.find_people(workspace_id, lookup, lock=True)  # type: ignore[arg-type]
+            change = decide(settings, people)
+            _apply(repo, settings, change)
+            return change
+
+        return self._run(method, work)
+
+    def identify(self, req: IdentifyInput) -> IdentifyResult:
+        outcome_box = []
+
+        def decide(settings: Settings, people: list[Person]) -> Change:
+            change, outcome = identify.decide_identify(settings, req, people, _now(), new_cio_id())
+            outcome_box.append(outcome)
+            return change
+
+        change = self._write_person(
+            "Identify", req.workspace_id, lambda s: identify.plan_identify(s, req), decide
+        )
+        return IdentifyResult(change.person, outcome_box[-1], change.deleted)
+
+    def update_identifier(self, workspace_id: str, ref: Ref, field: Field, value: str) -> Person:
+        change = self._write_person(
+            "UpdateIdentifier",
+            workspace_id,
+            lambda s: identifiers.update_identifier_lookup(s, ref, field, value),
+            lambda s, people: identifiers.decide_update_identifier(s, ref, field, value, people, _now()),
+        )
+        return change.person
+
+    def delete_identifier(self, workspace_id: str, ref: Ref, field: Field) -> Person:
+        change = self._write_person(
+            "DeleteIdentifier",
+            workspace_id,
+            lambda s: identifiers.delete_identifier_lookup(s, ref, field),
+            lambda s, people: identifiers.decide_delete_identifier(s, ref, field, people, _now()),
+        )
+        return change.person
+
+    def delete_person(self, workspace_id: str, ref: Ref) -> str:
+        change = self._write_person(
+            "DeletePerson",
+            workspace_id,
+            lambda s: identifiers.ref_lookup(s, ref),
+            lambda s, people: identifiers.decide_delete_person(people, ref),
+        )
+        return change.person.cio_id
+
+    def get_person(self, workspace_id: str, ref: Ref) -> Person:
+        raise_if(check_workspace_id(workspace_id))
+
+        def work(repo: Repository) -> Person:
+            settings = _require_settings(repo, workspace_id, Lock.NONE)
+            people = repo.find_people(workspace_id, identifiers.ref_lookup(settings, ref), lock=False)
+            return identifiers.resolve(people, ref)
+
+        return self._run("GetPerson", work)
+
+    def get_settings(self, workspace_id: str) -> Settings:
+        raise_if(check_workspace_id(workspace_id))
+        return self._run("GetSettings", lambda repo: _require_settings(repo, workspace_id, Lock.NONE))
+
+    def create_workspace(self, settings: Settings) -> Settings:
+        raise_if(check_workspace_id(settings.workspace_id))
+
+        def work(repo: Repository) -> Settings:
+            if not repo.create_workspace(settings, _now()):
+                raise AlreadyExists(
+                    "WORKSPACE_ALREADY_EXISTS",
+                    f"workspace {settings.workspace_id!r} exists already",
+                    {"workspace_id": settings.workspace_id},
+                )
+            return settings
+
+        return self._run("CreateWorkspace", work)
+
+    def update_settings(
+        self, workspace_id: str, patch: Callable[[Settings], Settings], validate_only: bool
+    ) -> Settings:
+        """R2: the change is validated against the data in the same transaction that applies it;
+        the workspace row is locked so that no write to its people runs in between."""
+        raise_if(check_workspace_id(workspace_id))
+
+        def work(repo: Repository) -> Settings:
+            current = _require_settings(repo, workspace_id, Lock.UPDATE)
+            requested = patch(current)
+            checks = modes.mode_change_checks(current.mode, requested.mode)
+            new = modes.decide_settings_change(current, requested, repo.run_checks(workspace_id, checks))
+            if validate_only or new == current:
+                return new
+            if new.mode != current.mode:
+                repo.rekey(
+                    workspace_id,
+                    modes.is_identifier(new.mode, Field.ID),
+                    modes.is_identifier(new.mode, Field.EMAIL),
+                )
+            repo.update_settings(new, _now())
+            return new
+
+        return self._run("UpdateSettings", work)
+
