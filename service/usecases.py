@@ -13,10 +13,11 @@ from service.db.transaction import run_in_transaction
 from service.domain import Field, IdentifyInput, IdentifyResult, Person, Ref, Settings
 from service.errors import AlreadyExists, NotFound
 from service.rules import identifiers, identify, modes
-from service.rules.changes import Change, Write
+from service.rules.changes import Change, Lookup, Write
 from service.rules.validation import check_workspace_id, new_cio_id, raise_if
 
 T = TypeVar("T")
+D = TypeVar("D")
 
 
 def _now() -> datetime:
@@ -56,35 +57,32 @@ class IdentityService:
         self,
         method: str,
         workspace_id: str,
-        plan: Callable[[Settings], object],
-        decide: Callable[[Settings, list[Person]], Change],
-    ) -> Change:
+        plan: Callable[[Settings], Lookup],
+        decide: Callable[[Settings, list[Person]], D],
+        change_of: Callable[[D], Change] = lambda decision: decision,  # type: ignore[assignment,return-value]
+    ) -> D:
         """The shape shared by every write to people: settings held steady, the people named by
         the plan found and locked in one statement, the decision applied."""
         raise_if(check_workspace_id(workspace_id))
 
-        def work(repo: Repository) -> Change:
+        def work(repo: Repository) -> D:
             settings = _require_settings(repo, workspace_id, Lock.SHARE)
-            lookup = plan(settings)
-            people = repo.find_people(workspace_id, lookup, lock=True)  # type: ignore[arg-type]
-            change = decide(settings, people)
-            _apply(repo, settings, change)
-            return change
+            people = repo.find_people(workspace_id, plan(settings), lock=True)
+            decision = decide(settings, people)
+            _apply(repo, settings, change_of(decision))
+            return decision
 
         return self._run(method, work)
 
     def identify(self, req: IdentifyInput) -> IdentifyResult:
-        outcome_box = []
-
-        def decide(settings: Settings, people: list[Person]) -> Change:
-            change, outcome = identify.decide_identify(settings, req, people, _now(), new_cio_id())
-            outcome_box.append(outcome)
-            return change
-
-        change = self._write_person(
-            "Identify", req.workspace_id, lambda s: identify.plan_identify(s, req), decide
+        change, outcome = self._write_person(
+            "Identify",
+            req.workspace_id,
+            lambda s: identify.plan_identify(s, req),
+            lambda s, people: identify.decide_identify(s, req, people, _now(), new_cio_id()),
+            change_of=lambda decision: decision[0],
         )
-        return IdentifyResult(change.person, outcome_box[-1], change.deleted)
+        return IdentifyResult(change.person, outcome, change.deleted)
 
     def update_identifier(self, workspace_id: str, ref: Ref, field: Field, value: str) -> Person:
         change = self._write_person(

@@ -1,0 +1,411 @@
+"""Field validation of the rules core: R3 (id), R4 (email and its key), R5 (cio_id shape),
+R6 (attributes), R8 (workspace id shape), and how they surface as field violations (R42)."""
+
+from __future__ import annotations
+
+import socket
+import unicodedata
+from datetime import datetime, timezone
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from service.domain import Field, IdentifyInput, Mode, Person, Ref, Settings
+from service.errors import DomainError, FailedPrecondition, InvalidArgument
+from service.rules import identifiers, identify, modes, validation
+from service.rules.validation import (
+    check_attributes,
+    check_cio_id,
+    check_email,
+    check_id,
+    check_workspace_id,
+    email_key,
+    new_cio_id,
+)
+
+# --------------------------------------------------------------------------- builders
+
+NOW = datetime(2024, 6, 1, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2024, 1, 1, 9, 0, tzinfo=timezone.utc)
+WS = "ws-1"
+CIO_A = "a" + "0" * 19
+
+
+def ws(mode: Mode = Mode.EMAIL_OR_ID, **kw) -> Settings:
+    return Settings(WS, mode, **kw)
+
+
+def person(cio_id: str = CIO_A, id=None, email=None, attributes=None) -> Person:
+    return Person(cio_id, id, email, dict(attributes or {}), T0, T0)
+
+
+def plan(settings: Settings, **fields):
+    return identify.plan_identify(settings, IdentifyInput(WS, **fields))
+
+
+def reasons(violations) -> list[tuple[str, str]]:
+    return [(v.field, v.reason) for v in violations]
+
+
+def expect_invalid(call, field: str, reason: str) -> InvalidArgument:
+    """The call is refused with INVALID_ARGUMENT whose first violation names `field`."""
+    with pytest.raises(InvalidArgument) as info:
+        call()
+    err = info.value
+    assert err.violations[0].field == field
+    assert err.violations[0].reason == reason
+    assert err.reason == reason
+    assert err.metadata == {"field": field}
+    return err
+
+
+def email_of_length(n: int) -> str:
+    """A syntactically valid address of exactly n characters (n >= 70)."""
+    local = "x" * 64
+    rest = n - len(local) - 1 - len(".com")  # characters left for the domain labels and dots
+    labels = []
+    while rest > 0:
+        size = min(63, rest)
+        if rest - size == 1:  # a lone dot cannot end the name: leave room for a 1-char label
+            size -= 1
+        labels.append("d" * size)
+        rest -= size + 1
+    address = local + "@" + ".".join(labels) + ".com"
+    assert len(address) == n, len(address)
+    return address
+
+
+CONTROL_CHARS = [chr(c) for c in range(0x00, 0x20)] + [chr(c) for c in range(0x7F, 0xA0)]
+
+# --------------------------------------------------------------------------- R3: id
+
+
+@pytest.mark.parametrize("value", ["ab100", "AB100", "a b", "ünïcødé-42", "x" * 150])
+def test_r3_id_accepts_well_formed_values(value):
+    assert check_id(value) == []
+
+
+def test_r3_id_rejects_empty():
+    assert reasons(check_id("")) == [("id", "INVALID_ID")]
+
+
+def test_r3_id_at_most_150_bytes_ascii():
+    assert check_id("x" * 150) == []
+    assert reasons(check_id("x" * 151)) == [("id", "INVALID_ID")]
+
+
+def test_r3_id_limit_counts_utf8_bytes_not_characters():
+    assert check_id("é" * 75) == []  # 150 bytes
+    assert reasons(check_id("é" * 76)) == [("id", "INVALID_ID")]  # 152 bytes, 76 characters
+    assert check_id("€" * 50) == []  # 150 bytes
+    assert reasons(check_id("€" * 51)) == [("id", "INVALID_ID")]
+
+
+@pytest.mark.parametrize("value", [" ab100", "ab100 ", "\tab100", "ab100\n", "\u00a0ab100", "ab100\u3000"])
+def test_r3_id_rejects_leading_or_trailing_whitespace(value):
+    assert reasons(check_id(value)) == [("id", "INVALID_ID")]
+
+
+@pytest.mark.parametrize("char", ["\x00", "\x01", "\x1b", "\x7f", "\x85", "\x9f", "\n", "\r"])
+def test_r3_id_rejects_control_characters(char):
+    violations = check_id("ab" + char + "100")
+    assert reasons(violations) == [("id", "INVALID_ID")]
+    assert "control" in violations[0].description
+
+
+@given(
+    st.text(max_size=20).filter(lambda s: s.strip() == s),
+    st.sampled_from(CONTROL_CHARS),
+    st.text(max_size=20),
+)
+def test_r3_id_rejects_any_control_character_anywhere(prefix, control, suffix):
+    assert reasons(check_id("a" + prefix + control + suffix + "z")) == [("id", "INVALID_ID")]
+
+
+@given(st.text(max_size=200))
+def test_r3_every_accepted_id_satisfies_all_constraints(value):
+    if check_id(value) == []:
+        assert 1 <= len(value.encode("utf-8")) <= 150
+        assert value == value.strip()
+        assert not any(c in CONTROL_CHARS for c in value)
+    else:
+        assert reasons(check_id(value)) == [("id", "INVALID_ID")]
+
+
+def test_r3_identify_names_the_bad_id_field():
+    expect_invalid(lambda: plan(ws(), id=" ab100"), "id", "INVALID_ID")
+
+
+def test_r3_reference_by_bad_id_names_person_id_field():
+    expect_invalid(
+        lambda: identifiers.ref_lookup(ws(), Ref(Field.ID, "ab\x00100")), "person.id", "INVALID_ID"
+    )
+
+
+def test_r3_update_identifier_new_id_value_is_validated():
+    expect_invalid(
+        lambda: identifiers.update_identifier_lookup(ws(), Ref(Field.CIO_ID, CIO_A), Field.ID, ""),
+        "value",
+        "INVALID_ID",
+    )
+
+
+@pytest.mark.parametrize("mode", [Mode.ID_ONLY, Mode.EMAIL_ONLY])
+def test_r3_id_is_validated_even_where_it_is_an_attribute(mode):
+    expect_invalid(
+        lambda: plan(ws(mode), cio_id=CIO_A, id="x" * 151), "id", "INVALID_ID"
+    )
+
+
+# --------------------------------------------------------------------------- R4: email
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["person@example.com", "Person@Example.com", "first.last+tag@sub.example.org", "ä@example.com"],
+)
+def test_r4_email_accepts_valid_addresses(value):
+    assert check_email(value) == []
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "plainaddress",
+        "person@",
+        "@example.com",
+        "per son@example.com",
+        "person@@example.com",
+        "person@example..com",
+        "person@example.com.",
+        "person@localhost",
+        "Person <person@example.com>",
+    ],
+)
+def test_r4_email_rejects_invalid_syntax(value):
+    assert reasons(check_email(value)) == [("email", "INVALID_EMAIL")]
+
+
+def test_r4_email_rejects_empty():
+    assert reasons(check_email("")) == [("email", "INVALID_EMAIL")]
+
+
+def test_r4_email_at_most_254_characters():
+    assert check_email(email_of_length(254)) == []
+    violations = check_email(email_of_length(255))
+    assert reasons(violations) == [("email", "INVALID_EMAIL")]
+    assert "254" in violations[0].description
+
+
+@pytest.mark.parametrize("value", [" person@example.com", "person@example.com ", "person@example.com\n"])
+def test_r4_email_rejects_surrounding_whitespace(value):
+    assert reasons(check_email(value)) == [("email", "INVALID_EMAIL")]
+
+
+def test_r4_email_check_makes_no_dns_lookups(monkeypatch):
+    def no_network(*args, **kwargs):
+        raise AssertionError("R4: email validation must not touch the network")
+
+    for name in ("getaddrinfo", "gethostbyname", "gethostbyname_ex", "create_connection", "socket"):
+        monkeypatch.setattr(socket, name, no_network)
+    assert check_email("someone@no-such-domain-for-identity-tests.com") == []
+
+
+def test_r4_identify_names_the_bad_email_field():
+    expect_invalid(lambda: plan(ws(), email="not-an-email"), "email", "INVALID_EMAIL")
+
+
+def test_r4_reference_by_bad_email_names_person_email_field():
+    expect_invalid(
+        lambda: identifiers.ref_lookup(ws(), Ref(Field.EMAIL, "nope")), "person.email", "INVALID_EMAIL"
+    )
+
+
+def test_r4_update_identifier_new_email_value_is_validated():
+    expect_invalid(
+        lambda: identifiers.update_identifier_lookup(
+            ws(), Ref(Field.CIO_ID, CIO_A), Field.EMAIL, "a@b@c"
+        ),
+        "value",
+        "INVALID_EMAIL",
+    )
+
+
+def test_r4_email_key_is_case_insensitive():
+    assert email_key("Person@Example.com") == email_key("person@example.com") == "person@example.com"
+    assert email_key("PERSON@EXAMPLE.COM") == "person@example.com"
+
+
+def test_r4_email_key_lowercases_unicode():
+    assert email_key("ÄRGER@Example.com") == email_key("ärger@example.com")
+
+
+def test_r4_email_key_matches_composed_and_decomposed_forms():
+    composed = unicodedata.normalize("NFC", "josé@example.com")
+    decomposed = unicodedata.normalize("NFD", "josé@example.com")
+    assert composed != decomposed
+    assert email_key(composed) == email_key(decomposed)
+
+
+def test_r4_email_key_keeps_different_addresses_apart():
+    assert email_key("person@example.com") != email_key("person2@example.com")
+    assert email_key("person@example.com") != email_key("person@example.org")
+
+
+@given(st.from_regex(r"[A-Za-z0-9._+-]{1,20}@[A-Za-z0-9-]{1,20}\.[A-Za-z]{2,6}", fullmatch=True))
+def test_r4_email_key_ignores_ascii_case(address):
+    assert email_key(address.upper()) == email_key(address.lower()) == email_key(address)
+
+
+# --------------------------------------------------------------------------- R5: cio_id shape
+
+
+def test_r5_new_cio_id_has_the_service_shape():
+    ids = {new_cio_id() for _ in range(200)}
+    assert len(ids) == 200  # 100 random bits: no collisions in a few hundred
+    for value in ids:
+        assert len(value) == 20
+        assert value.isalnum() and value.isascii()
+        assert check_cio_id(value) == []
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["", "a" * 19, "a" * 21, "A" * 20, "aaaaaaaaaa-aaaaaaaaa", "aaaaaaaaa aaaaaaaaaa", "ab100"],
+)
+def test_r5_cio_id_of_wrong_shape_is_invalid(value):
+    assert reasons(check_cio_id(value)) == [("cio_id", "INVALID_CIO_ID")]
+
+
+def test_r5_identify_with_malformed_cio_id_names_cio_id_field():
+    expect_invalid(lambda: plan(ws(), cio_id="NOT-A-CIO-ID"), "cio_id", "INVALID_CIO_ID")
+
+
+def test_r5_reference_by_malformed_cio_id_names_person_cio_id_field():
+    expect_invalid(
+        lambda: identifiers.ref_lookup(ws(), Ref(Field.CIO_ID, "x")), "person.cio_id", "INVALID_CIO_ID"
+    )
+
+
+# --------------------------------------------------------------------------- R6: attributes
+
+
+def test_r6_at_most_300_attribute_names():
+    assert check_attributes({f"a{i}": i for i in range(300)}, frozenset()) == []
+    assert reasons(check_attributes({f"a{i}": i for i in range(301)}, frozenset())) == [
+        ("attributes", "TOO_MANY_ATTRIBUTES")
+    ]
+
+
+def test_r6_attribute_name_is_1_to_150_bytes():
+    assert check_attributes({"n" * 150: 1, "é" * 75: 1}, frozenset()) == []
+    assert reasons(check_attributes({"": 1}, frozenset())) == [("attributes.", "INVALID_ATTRIBUTE_NAME")]
+    assert reasons(check_attributes({"n" * 151: 1}, frozenset())) == [
+        ("attributes." + "n" * 151, "INVALID_ATTRIBUTE_NAME")
+    ]
+    assert reasons(check_attributes({"é" * 76: 1}, frozenset())) == [
+        ("attributes." + "é" * 76, "INVALID_ATTRIBUTE_NAME")
+    ]
+
+
+def test_r6_attribute_value_json_at_most_1000_bytes():
+    assert check_attributes({"s": "x" * 998}, frozenset()) == []  # '"' + 998 + '"' = 1000 bytes
+    assert reasons(check_attributes({"s": "x" * 999}, frozenset())) == [
+        ("attributes.s", "ATTRIBUTE_VALUE_TOO_LARGE")
+    ]
+    assert check_attributes({"s": "é" * 499}, frozenset()) == []  # 998 + 2 bytes
+    assert reasons(check_attributes({"s": "é" * 500}, frozenset())) == [
+        ("attributes.s", "ATTRIBUTE_VALUE_TOO_LARGE")
+    ]
+    assert reasons(check_attributes({"l": list(range(400))}, frozenset())) == [
+        ("attributes.l", "ATTRIBUTE_VALUE_TOO_LARGE")
+    ]
+
+
+def test_r6_null_value_is_accepted_as_a_removal():
+    assert check_attributes({"gone": None}, frozenset()) == []
+
+
+@pytest.mark.parametrize(
+    "mode, reserved, free",
+    [
+        (Mode.EMAIL_OR_ID, {"cio_id", "id", "email"}, set()),
+        (Mode.ID_ONLY, {"cio_id", "id"}, {"email"}),
+        (Mode.EMAIL_ONLY, {"cio_id", "email"}, {"id"}),
+    ],
+)
+def test_r6_identifier_names_are_reserved_only_where_they_are_identifiers(mode, reserved, free):
+    assert modes.reserved_attribute_names(mode) == frozenset(reserved)
+    for name in reserved:
+        expect_invalid(
+            lambda: plan(ws(mode), cio_id=CIO_A, attributes={name: "x"}),
+            f"attributes.{name}",
+            "RESERVED_ATTRIBUTE_NAME",
+        )
+    for name in free:
+        value = "ab100" if name == "id" else "person@example.com"
+        assert plan(ws(mode), cio_id=CIO_A, attributes={name: value}).cio_ids == (CIO_A,)
+
+
+def test_r6_identify_reports_a_violation_for_each_bad_field():
+    with pytest.raises(InvalidArgument) as info:
+        plan(
+            ws(),
+            cio_id="bad",
+            id="",
+            email="nope",
+            attributes={"": 1, "big": "x" * 2000, "email": "x@example.com"},
+        )
+    assert sorted(reasons(info.value.violations)) == sorted(
+        [
+            ("cio_id", "INVALID_CIO_ID"),
+            ("id", "INVALID_ID"),
+            ("email", "INVALID_EMAIL"),
+            ("attributes.", "INVALID_ATTRIBUTE_NAME"),
+            ("attributes.big", "ATTRIBUTE_VALUE_TOO_LARGE"),
+            ("attributes.email", "RESERVED_ATTRIBUTE_NAME"),
+        ]
+    )
+
+
+def test_r6_stored_person_is_limited_to_300_attributes():
+    full = person(id="ab100", attributes={f"a{i}": i for i in range(300)})
+    req = IdentifyInput(WS, id="ab100", attributes={"one_more": 1})
+    with pytest.raises(FailedPrecondition) as info:
+        identify.decide_identify(ws(), req, [full], NOW, "n" * 20)
+    assert info.value.reason == "TOO_MANY_ATTRIBUTES"
+    assert info.value.metadata == {"field": "attributes", "limit": "300"}
+    # Replacing one of the 300 is fine.
+    change, _ = identify.decide_identify(
+        ws(), IdentifyInput(WS, id="ab100", attributes={"a0": "new"}), [full], NOW, "n" * 20
+    )
+    assert change.person.attributes["a0"] == "new"
+    assert len(change.person.attributes) == 300
+
+
+def test_r6_invalid_argument_is_a_domain_error():
+    assert issubclass(InvalidArgument, DomainError)
+
+
+# --------------------------------------------------------------------------- R8: workspace id shape
+
+
+@pytest.mark.parametrize("value", ["w", "ws-1", "WS_2", "a" * 64])
+def test_r8_workspace_id_shape_accepted(value):
+    assert check_workspace_id(value) == []
+
+
+@pytest.mark.parametrize(
+    "value, reason",
+    [("", "WORKSPACE_ID_REQUIRED"), ("a" * 65, "INVALID_WORKSPACE_ID"), ("ws 1", "INVALID_WORKSPACE_ID"),
+     ("ws/1", "INVALID_WORKSPACE_ID"), ("wś", "INVALID_WORKSPACE_ID")],
+)
+def test_r8_workspace_id_shape_refused(value, reason):
+    assert reasons(check_workspace_id(value)) == [("workspace_id", reason)]
+
+
+def test_limits_match_the_spec():
+    assert (validation.ID_MAX_BYTES, validation.EMAIL_MAX_CHARS) == (150, 254)
+    assert (validation.MAX_ATTRIBUTES, validation.ATTRIBUTE_NAME_MAX_BYTES) == (300, 150)
+    assert validation.ATTRIBUTE_VALUE_MAX_BYTES == 1000
