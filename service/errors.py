@@ -52,7 +52,11 @@ class Aborted(DomainError):
 
 
 class Unavailable(DomainError):
-    """The database cannot be reached."""
+    """The database cannot be reached, or no connection was free in time."""
+
+
+class DeadlineExceeded(DomainError):
+    """The call's deadline passed before its database work finished; nothing was committed."""
 
 
 def invalid(field: str, description: str, reason: str) -> InvalidArgument:

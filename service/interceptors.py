@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import grpc
 
-from service import metrics
+from service import deadlines, metrics
 
 log = logging.getLogger("identity.calls")
 
@@ -27,6 +27,7 @@ class CallInterceptor(grpc.ServerInterceptor):
 
         def behavior(request: Any, context: grpc.ServicerContext) -> Any:
             start = time.perf_counter()
+            token = deadlines.set_remaining(context.time_remaining())
             try:
                 return inner(request, context)
             except Exception:
@@ -37,6 +38,7 @@ class CallInterceptor(grpc.ServerInterceptor):
                     context.abort(grpc.StatusCode.INTERNAL, "internal error")
                 raise
             finally:
+                deadlines.reset(token)
                 code = context.code() or grpc.StatusCode.OK
                 elapsed = time.perf_counter() - start
                 metrics.CALLS.labels(method, code.name).inc()

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from service.db.repository import Lock, Repository
 from service.db.transaction import run_in_transaction
 from service.domain import Field, IdentifyInput, IdentifyResult, Person, Ref, Settings
-from service.errors import AlreadyExists, NotFound
+from service.errors import AlreadyExists, NotFound, Unavailable
 from service.rules import identifiers, identify, modes
 from service.rules.changes import Change, Lookup, Write
 from service.rules.validation import check_workspace_id, new_cio_id, raise_if
@@ -47,10 +47,13 @@ def _apply(repo: Repository, settings: Settings, change: Change) -> None:
 class IdentityService:
     """The calls of identity.v1, in domain terms."""
 
-    def __init__(self, engine: sa.Engine):
+    def __init__(self, engine: sa.Engine, database_available: Callable[[], bool] = lambda: True):
         self.engine = engine
+        self.database_available = database_available
 
     def _run(self, method: str, work: Callable[[Repository], T]) -> T:
+        if not self.database_available():  # fail fast while the monitor sees the database down
+            raise Unavailable("DATABASE_UNAVAILABLE", "the database is unavailable; retry later")
         return run_in_transaction(self.engine, work, method=method)
 
     def _write_person(

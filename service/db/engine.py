@@ -8,6 +8,8 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 
+from service.db.transaction import SESSION_STATEMENT_TIMEOUT_S
+
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
 
@@ -31,7 +33,14 @@ def create_engine(
         pool_timeout=pool_timeout,
         pool_pre_ping=False,
         pool_recycle=1800,
-        connect_args={"application_name": application_name, "connect_timeout": 3},
+        connect_args={
+            "application_name": application_name,
+            "connect_timeout": 3,
+            # Caps for calls without a deadline; shorter deadlines are set per transaction.
+            "options": f"-c statement_timeout={int(SESSION_STATEMENT_TIMEOUT_S * 1000)}"
+            f" -c lock_timeout={int(SESSION_STATEMENT_TIMEOUT_S * 1000)}"
+            " -c idle_in_transaction_session_timeout=60000",
+        },
     )
 
 

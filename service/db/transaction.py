@@ -1,9 +1,9 @@
 """The unit of work: one transaction per call, rolled back unless the work returns, and retried
-a bounded number of times with jitter when it loses a race (R40, R41)."""
+a bounded number of times with jitter when it loses a race (R40, R41). The call's deadline
+bounds its database work."""
 
 from __future__ import annotations
 
-import logging
 import random
 import time
 from typing import Callable, TypeVar
@@ -12,12 +12,11 @@ import psycopg.errors
 import sqlalchemy as sa
 import sqlalchemy.exc
 
-from service import metrics
+from service import deadlines, metrics
 from service.db.repository import Repository
-from service.errors import Aborted, Unavailable
+from service.errors import Aborted, DeadlineExceeded, Unavailable
 
 T = TypeVar("T")
-log = logging.getLogger(__name__)
 
 # Losing a race: a concurrent call took the identifier first, or Postgres chose us as the victim.
 _RACE_ERRORS = (
@@ -25,26 +24,47 @@ _RACE_ERRORS = (
     psycopg.errors.SerializationFailure,
     psycopg.errors.DeadlockDetected,
 )
+# statement_timeout or lock_timeout fired.
+_TIMEOUT_ERRORS = (psycopg.errors.QueryCanceled, psycopg.errors.LockNotAvailable)
 DEFAULT_ATTEMPTS = 6
 _BASE_DELAY = 0.002
 _MAX_DELAY = 0.05
+# The connection's own statement_timeout (service.db.engine); a shorter deadline is set per call.
+SESSION_STATEMENT_TIMEOUT_S = 30.0
+
+
+def _orig(error: BaseException) -> BaseException | None:
+    return getattr(error, "orig", None)
 
 
 def is_race(error: BaseException) -> bool:
-    return isinstance(getattr(error, "orig", None), _RACE_ERRORS)
+    return isinstance(_orig(error), _RACE_ERRORS)
+
+
+def is_timeout(error: BaseException) -> bool:
+    return isinstance(_orig(error), _TIMEOUT_ERRORS)
 
 
 def is_unavailable(error: BaseException) -> bool:
     """The database could not be reached or the connection broke (not a problem of the call)."""
-    if isinstance(error, sqlalchemy.exc.TimeoutError):  # pool checkout timed out
-        return True
     if isinstance(error, sqlalchemy.exc.DBAPIError):
-        if error.connection_invalidated:
-            return True
-        orig = error.orig
-        if isinstance(orig, psycopg.OperationalError):
-            return True
+        return error.connection_invalidated or isinstance(_orig(error), psycopg.OperationalError)
     return False
+
+
+def _deadline_exceeded() -> DeadlineExceeded:
+    return DeadlineExceeded("DEADLINE_EXCEEDED", "the call's deadline passed before the database answered")
+
+
+def _bound_by_deadline(conn: sa.Connection, budget: float | None) -> None:
+    """Caps this transaction's statements and lock waits by the time the client still waits."""
+    if budget is None or budget >= SESSION_STATEMENT_TIMEOUT_S:
+        return  # the session's own cap applies: no extra round trip
+    ms = str(max(1, int(budget * 1000)))
+    conn.exec_driver_sql(
+        "SELECT set_config('statement_timeout', %(ms)s, true), set_config('lock_timeout', %(ms)s, true)",
+        {"ms": ms},
+    )
 
 
 def run_in_transaction(
@@ -57,24 +77,35 @@ def run_in_transaction(
     """Runs `work` in a fresh transaction, committing only if it returns. A DomainError raised by
     the work rolls everything back and propagates: a refused call changes nothing."""
     for attempt in range(1, attempts + 1):
+        budget = deadlines.remaining()
+        if budget is not None and budget <= 0:
+            raise _deadline_exceeded()
         try:
             with engine.begin() as conn:
+                _bound_by_deadline(conn, budget)
                 return work(Repository(conn))
         except sqlalchemy.exc.DBAPIError as error:
             if is_race(error):
                 metrics.RETRIES.labels(method).inc()
                 if attempt < attempts:
-                    delay = min(_MAX_DELAY, _BASE_DELAY * 2 ** (attempt - 1))
-                    time.sleep(random.uniform(0, delay))  # full jitter
+                    delay = random.uniform(0, min(_MAX_DELAY, _BASE_DELAY * 2 ** (attempt - 1)))  # full jitter
+                    left = deadlines.remaining()
+                    if left is not None and left <= delay:
+                        raise _deadline_exceeded() from error
+                    time.sleep(delay)
                     continue
                 raise Aborted(
                     "CONCURRENT_UPDATE",
                     f"the call lost a race with concurrent calls {attempts} times; retry it",
                     {"attempts": str(attempts)},
                 ) from error
+            if is_timeout(error):
+                raise _deadline_exceeded() from error
             if is_unavailable(error):
                 raise Unavailable("DATABASE_UNAVAILABLE", "the database is unavailable; retry later") from error
             raise
-        except sqlalchemy.exc.TimeoutError as error:
-            raise Unavailable("DATABASE_UNAVAILABLE", "no database connection was free in time; retry later") from error
+        except sqlalchemy.exc.TimeoutError as error:  # pool checkout waited pool_timeout
+            raise Unavailable(
+                "DATABASE_BUSY", "no database connection was free in time; retry later"
+            ) from error
     raise AssertionError("unreachable")

@@ -180,6 +180,6 @@ def test_r2_settings_keep_the_current_workspace():
     assert result.mode is I
 
 
-def test_r2_zero_offending_passes_even_with_a_sample():
+def test_r2_check_with_zero_offending_people_passes():
     results = {Check.EVERY_PERSON_HAS_EMAIL: CheckResult(0, ())}
     assert decide_settings_change(ws(E), ws(O), results).mode is O
