@@ -70,7 +70,7 @@ def apply_to_person(
     if len(merged) > MAX_ATTRIBUTES:
         # R6: the limit holds for the person as stored, not only for one request.
         raise FailedPrecondition(
-            "TOO_MANY_ATTRIBUTES",
+            "PERSON_ATTRIBUTE_LIMIT",
             f"the person would have {len(merged)} attributes; at most {MAX_ATTRIBUTES} are allowed",
             {"field": "attributes", "limit": str(MAX_ATTRIBUTES)},
         )
