@@ -938,6 +938,51 @@ def test_r1_r2_r11_r13_r41_invariants_hold_after_every_step(settings, ops):
         check_invariants(world.settings, world.people)
 
 
+# EMAIL_OR_ID requests without cio_id, often carrying one identifier only: the ground for R13.
+merge_world_op = st.builds(
+    lambda shape, id, email, attributes: IdentifyOp(
+        None, id if shape != "email" else None, email if shape != "id" else None, attributes, False
+    ),
+    st.sampled_from(["id"] * 2 + ["email"] * 2 + ["both"]),
+    st.sampled_from(VALID_IDS),
+    st.sampled_from(VALID_EMAILS),
+    st.dictionaries(st.sampled_from(["plan", "city"]), ATTRIBUTE_VALUES, max_size=2),
+)
+email_or_id_st = st.builds(
+    Settings,
+    workspace_id=st.just(WS),
+    mode=st.just(Mode.EMAIL_OR_ID),
+    email_updatable_by_id=st.booleans(),
+    auto_merge=st.sampled_from([True, True, False]),
+)
+
+
+@PROPERTY
+@given(email_or_id_st, st.lists(st.sampled_from([merge_world_op] * 4 + [delete_op]).flatmap(lambda s: s), min_size=2, max_size=15))
+def test_r11_r13_merges_keep_the_invariants(settings, ops):
+    world = World(settings)
+    for op in ops:
+        world.step += 1
+        before = list(world.people)
+        try:
+            change = world.run(op)
+        except DomainError:
+            check_invariants(world.settings, world.people)
+            continue
+        world.apply(change)
+        check_invariants(world.settings, world.people)
+        if change.deleted:
+            assert settings.auto_merge and isinstance(op, IdentifyOp)
+            a = next(p for p in before if p.id == op.id)
+            b = next(p for p in before if p.email is not None and email_key(p.email) == email_key(op.email))
+            assert a.email is None and b.id is None and a.cio_id != b.cio_id
+            primary, secondary = sorted((a, b), key=lambda p: (p.created_at, p.cio_id))
+            assert change.deleted == (secondary.cio_id,)
+            assert change.person.cio_id == primary.cio_id
+            assert (change.person.id, change.person.email) == (a.id, b.email)
+            assert len(world.people) == len(before) - 1
+
+
 @PROPERTY
 @given(settings_st, st.lists(identify_op, min_size=1, max_size=10))
 def test_r15_repeating_a_successful_identify_is_unchanged(settings, ops):
