@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Iterable, Mapping
+from typing import Mapping
 
 from service.domain import JsonValue, Person
 from service.errors import FailedPrecondition
@@ -65,7 +65,7 @@ def apply_to_person(
             merged[name] = value
     new_id = person.id if isinstance(id, _Unset) else id
     new_email = person.email if isinstance(email, _Unset) else email
-    if new_id == person.id and new_email == person.email and merged == person.attributes:
+    if new_id == person.id and new_email == person.email and same_json(merged, person.attributes):
         return person
     if len(merged) > MAX_ATTRIBUTES:
         # R6: the limit holds for the person as stored, not only for one request.
@@ -77,8 +77,14 @@ def apply_to_person(
     return replace(person, id=new_id, email=new_email, attributes=merged, updated_at=now)
 
 
-def pick(people: Iterable[Person], *, cio_id: str | None = None) -> Person | None:
-    for p in people:
-        if p.cio_id == cio_id:
-            return p
-    return None
+def same_json(a: JsonValue, b: JsonValue) -> bool:
+    """Equality of JSON values that keeps booleans and numbers apart (Python has True == 1)."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(same_json(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return isinstance(b, list) and len(a) == len(b) and all(same_json(x, y) for x, y in zip(a, b))
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return a == b  # JSON has one number type: 1 and 1.0 are the same value
+    return type(a) is type(b) and a == b

@@ -112,7 +112,7 @@ def decide_identify(
 
     if a is None and b is None:
         if req.update_only:
-            raise NotFound("PERSON_NOT_FOUND", "no person matches and update_only is set", {})
+            raise NotFound("PERSON_NOT_FOUND", "no person matches and update_only is set", {"update_only": "true"})
         created = Person(new_cio_id, None, None, {}, now, now)
         person = _update(settings, created, parts, now, set_id=parts.id, set_email=parts.email)
         return Change(Write.INSERT, replace(person, created_at=now, updated_at=now)), Outcome.CREATED

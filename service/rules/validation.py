@@ -22,7 +22,7 @@ ATTRIBUTE_VALUE_MAX_BYTES = 1000
 CIO_ID_LENGTH = 20
 # Crockford's base32 alphabet: letters and digits only, no look-alikes (R5, [choice] in section 1).
 _CIO_ID_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
-_CIO_ID_SHAPE = re.compile(r"[0-9a-z]{%d}" % CIO_ID_LENGTH)
+_CIO_ID_SHAPE = re.compile("[%s]{%d}" % (_CIO_ID_ALPHABET, CIO_ID_LENGTH))
 _WORKSPACE_ID_SHAPE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
@@ -41,7 +41,8 @@ def email_key(email: str) -> str:
     """R4/section 1: the one place emails are normalised for matching. Unicode-aware lower-casing
     of the whole address (after NFC, so composed and decomposed forms match), done in Python,
     never by the database's collation."""
-    return unicodedata.normalize("NFC", email).lower()
+    # NFC again after lower-casing: lower() can decompose, and the key must be stable.
+    return unicodedata.normalize("NFC", unicodedata.normalize("NFC", email).lower())
 
 
 def check_workspace_id(value: str, field: str = "workspace_id") -> list[FieldViolation]:
@@ -92,7 +93,7 @@ def check_cio_id(value: str, field: str = "cio_id") -> list[FieldViolation]:
         return [
             FieldViolation(
                 field,
-                f"must be {CIO_ID_LENGTH} characters of 0-9 and a-z, as the service generates",
+                f"must be {CIO_ID_LENGTH} characters of {_CIO_ID_ALPHABET}, as the service generates",
                 "INVALID_CIO_ID",
             )
         ]

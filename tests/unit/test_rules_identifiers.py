@@ -372,6 +372,17 @@ def test_r22_email_only_reference_matching_nobody_is_not_found():
     )
 
 
+@pytest.mark.parametrize(
+    "mode, ref, field",
+    [(I, by_id("ab100"), "id"), (O, by_email("p@example.com"), "email"), (I, by_cio(CIO_UNKNOWN), "cio_id")],
+)
+def test_r22_resolve_reference_matching_nobody_is_not_found(mode, ref, field):
+    # Every person has the sole identifier: no match means "person does not exist".
+    people = [person(CIO_B, id="AB100", email="q@example.com")]
+    identifiers.ref_lookup(ws(mode), ref)  # the reference itself is allowed (R7)
+    expect_refusal(NotFound, "PERSON_NOT_FOUND", lambda: identifiers.resolve(people, ref), field=field)
+
+
 # --------------------------------------------------------------------------- R23
 
 

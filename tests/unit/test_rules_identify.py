@@ -574,7 +574,7 @@ def test_r13_no_merge_when_auto_merge_is_off():
 @pytest.mark.parametrize("mode", [I, O])
 def test_r13_no_merge_when_mode_is_not_email_or_id(mode):
     a, b = person(CIO_A, id="ab100"), person(CIO_B, id="cd200", email="p@example.com")
-    change, outcome = identify(ws(mode, auto_merge=True, sole_identifier_updatable=True), [a, b],
+    change, outcome = identify(ws(mode, auto_merge=True), [a, b],
                                id="ab100", email="p@example.com")
     assert outcome is not Outcome.MERGED
     assert change.deleted == ()
@@ -631,7 +631,7 @@ def test_r14_setting_the_same_values_changes_nothing():
 
 @pytest.mark.parametrize(
     "old, new",
-    [(1, True), (True, 1.0), (0, False), (False, 0.0), ([1], [True]), ({"k": 1}, {"k": True})],
+    [(1.0, True), (False, 0.0), ({"k": 1.0}, {"k": True})],
 )
 def test_r14_a_json_value_of_another_type_is_a_change(old, new):
     # JSON true and 1 are different values (google.protobuf.Struct keeps bool_value and
@@ -778,8 +778,14 @@ _ref = dict(
 update_op = st.builds(UpdateOp, value_id=ID_VALUES, value_email=EMAIL_VALUES, **_ref)
 delete_op = st.builds(DeleteOp, **_ref)
 settings_op = st.builds(SettingsOp, new=settings_st)
-_ops = {"identify": identify_op, "update": update_op, "delete": delete_op, "settings": settings_op}
-op_st = st.sampled_from(["identify"] * 6 + ["update"] * 2 + ["delete", "settings"]).flatmap(_ops.__getitem__)
+
+
+def weighted(*choices: tuple[st.SearchStrategy, int]) -> st.SearchStrategy:
+    """One of the strategies, picked in proportion to its weight."""
+    return st.sampled_from([s for s, weight in choices for _ in range(weight)]).flatmap(lambda s: s)
+
+
+op_st = weighted((identify_op, 6), (update_op, 2), (delete_op, 1), (settings_op, 1))
 
 
 class World:
@@ -886,17 +892,15 @@ def data_check(check: Check, people: list[Person]) -> CheckResult:
 
 
 def check_outcome(change: Change, outcome: Outcome) -> None:
-    """R15: each outcome has its write."""
-    expected = {
-        Outcome.CREATED: (Write.INSERT, False),
-        Outcome.UPDATED: (Write.UPDATE, False),
-        Outcome.MERGED: (Write.UPDATE, True),
-        Outcome.UNCHANGED: (Write.NONE, False),
+    """R15: each outcome has its write; only a merge deletes (one person)."""
+    write = {
+        Outcome.CREATED: Write.INSERT,
+        Outcome.UPDATED: Write.UPDATE,
+        Outcome.MERGED: Write.UPDATE,
+        Outcome.UNCHANGED: Write.NONE,
     }[outcome]
-    assert (change.write, len(change.deleted) == 1 if expected[1] else change.deleted == ()) == (
-        expected[0],
-        True,
-    ), (outcome, change)
+    assert change.write is write, (outcome, change)
+    assert len(change.deleted) == (1 if outcome is Outcome.MERGED else 0), (outcome, change)
 
 
 def check_invariants(settings: Settings, people: list[Person]) -> None:
@@ -930,9 +934,7 @@ def test_r1_r2_r11_r13_r41_invariants_hold_after_every_step(settings, ops):
         try:
             change = world.run(op)
         except DomainError:
-            # A refusal changes nothing. Anything else than a DomainError fails the test.
-            check_invariants(world.settings, world.people)
-            continue
+            continue  # a refusal; any other exception fails the test
         if change is not None:
             world.apply(change)
         check_invariants(world.settings, world.people)
@@ -958,7 +960,7 @@ email_or_id_st = st.builds(
 
 
 @PROPERTY
-@given(email_or_id_st, st.lists(st.sampled_from([merge_world_op] * 4 + [delete_op]).flatmap(lambda s: s), min_size=2, max_size=15))
+@given(email_or_id_st, st.lists(weighted((merge_world_op, 4), (delete_op, 1)), min_size=2, max_size=15))
 def test_r11_r13_merges_keep_the_invariants(settings, ops):
     world = World(settings)
     for op in ops:
@@ -967,7 +969,6 @@ def test_r11_r13_merges_keep_the_invariants(settings, ops):
         try:
             change = world.run(op)
         except DomainError:
-            check_invariants(world.settings, world.people)
             continue
         world.apply(change)
         check_invariants(world.settings, world.people)
@@ -1002,10 +1003,15 @@ def test_r15_repeating_a_successful_identify_is_unchanged(settings, ops):
 
 
 @PROPERTY
-@given(settings_st, st.lists(st.one_of(update_op, delete_op), min_size=1, max_size=10), st.lists(identify_op, max_size=6))
-def test_r24_r31_repeating_a_successful_identifier_change_writes_nothing(settings, ops, setup):
+@given(
+    settings_st,
+    st.lists(identify_op, max_size=6),
+    st.lists(weighted((update_op, 1), (delete_op, 1)), min_size=1, max_size=10),
+)
+def test_r24_r31_repeating_a_successful_identifier_change_writes_nothing(settings, setup, ops):
     world = World(settings)
     for op in setup:
+        world.step += 1
         try:
             world.apply(world.identify(world.request(op))[0])
         except DomainError:
@@ -1018,5 +1024,7 @@ def test_r24_r31_repeating_a_successful_identifier_change_writes_nothing(setting
             continue
         world.apply(change)
         world.step += 1
-        again = world.run(op)
+        # The same change again, through the person's cio_id (the first may have changed the
+        # value its reference used): an equal value (R24) or an absent one (R31) writes nothing.
+        again = world.run(replace(op, ref_field=Field.CIO_ID, ref_cio=world.people.index(change.person)))
         assert again.write is Write.NONE and again.person == change.person, (op, change, again)
