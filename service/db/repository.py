@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
-from typing import Iterable, Mapping
+from typing import Iterable
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import ARRAY
@@ -72,12 +72,7 @@ class Repository:
     # --- workspaces ---
 
     def settings(self, workspace_id: str, lock: Lock = Lock.NONE) -> Settings | None:
-        query = sa.select(*_SETTINGS_COLUMNS).where(workspaces.c.workspace_id == workspace_id)
-        if lock == Lock.SHARE:
-            query = query.with_for_update(read=True)
-        elif lock == Lock.UPDATE:
-            query = query.with_for_update(key_share=True)  # FOR NO KEY UPDATE
-        row = self.conn.execute(query).first()
+        row = self.conn.execute(_SETTINGS_QUERIES[lock], {"workspace_id": workspace_id}).first()
         return _settings(row) if row is not None else None
 
     def create_workspace(self, settings: Settings, now: datetime) -> bool:
@@ -137,58 +132,74 @@ class Repository:
         """Everyone the lookup names, in one statement. With lock, the rows are locked FOR
         UPDATE in cio_id order, so that two calls locking the same people queue up instead of
         deadlocking."""
-        matches = []
-        if lookup.cio_ids:
-            matches.append(people.c.cio_id == sa.any_(sa.bindparam("cio_ids", list(lookup.cio_ids), type_=_TEXT_ARRAY)))
-        if lookup.id_keys:
-            matches.append(people.c.id_key == sa.any_(sa.bindparam("id_keys", list(lookup.id_keys), type_=_TEXT_ARRAY)))
-        if lookup.email_keys:
-            matches.append(
-                people.c.email_key == sa.any_(sa.bindparam("email_keys", list(lookup.email_keys), type_=_TEXT_ARRAY))
-            )
-        if not matches:
+        if not (lookup.cio_ids or lookup.id_keys or lookup.email_keys):
             return []
-        query = (
-            sa.select(*_PERSON_COLUMNS)
-            .where(people.c.workspace_id == workspace_id, sa.or_(*matches))
-            .order_by(people.c.cio_id)
-        )
-        if lock:
-            query = query.with_for_update()
-        return [_person(row) for row in self.conn.execute(query)]
+        params = {
+            "workspace_id": workspace_id,
+            "cio_ids": list(lookup.cio_ids),
+            "id_keys": list(lookup.id_keys),
+            "email_keys": list(lookup.email_keys),
+        }
+        query = _FIND_PEOPLE_FOR_UPDATE if lock else _FIND_PEOPLE
+        return [_person(row) for row in self.conn.execute(query, params)]
 
     def insert_person(self, workspace_id: str, person: Person, keys: Keys) -> None:
-        self.conn.execute(people.insert().values(workspace_id=workspace_id, **_person_values(person, keys)))
+        values = _person_values(person, keys)
+        self.conn.execute(
+            _INSERT_PERSON,
+            {"workspace_id": workspace_id, "cio_id": person.cio_id, "created_at": person.created_at, **values},
+        )
 
     def update_person(self, workspace_id: str, person: Person, keys: Keys) -> None:
         values = _person_values(person, keys)
-        del values["cio_id"], values["created_at"]
-        self.conn.execute(
-            people.update()
-            .where(people.c.workspace_id == workspace_id, people.c.cio_id == person.cio_id)
-            .values(**values)
-        )
+        self.conn.execute(_UPDATE_PERSON, {"key_workspace_id": workspace_id, "key_cio_id": person.cio_id, **values})
 
     def delete_people(self, workspace_id: str, cio_ids: Iterable[str]) -> None:
         ids = list(cio_ids)
         if ids:
-            self.conn.execute(
-                people.delete().where(
-                    people.c.workspace_id == workspace_id,
-                    people.c.cio_id == sa.any_(sa.bindparam("cio_ids", ids, type_=_TEXT_ARRAY)),
-                )
-            )
+            self.conn.execute(_DELETE_PEOPLE, {"workspace_id": workspace_id, "cio_ids": ids})
 
 
-def _person_values(person: Person, keys: Keys) -> Mapping[str, object]:
+# The hot statements are built once: each call only binds values (and psycopg prepares them
+# server-side after a few uses).
+_SETTINGS_QUERY = sa.select(*_SETTINGS_COLUMNS).where(workspaces.c.workspace_id == sa.bindparam("workspace_id"))
+_SETTINGS_QUERIES = {
+    Lock.NONE: _SETTINGS_QUERY,
+    Lock.SHARE: _SETTINGS_QUERY.with_for_update(read=True),
+    Lock.UPDATE: _SETTINGS_QUERY.with_for_update(key_share=True),  # FOR NO KEY UPDATE
+}
+_FIND_PEOPLE = (
+    sa.select(*_PERSON_COLUMNS)
+    .where(
+        people.c.workspace_id == sa.bindparam("workspace_id"),
+        sa.or_(
+            people.c.cio_id == sa.any_(sa.bindparam("cio_ids", type_=_TEXT_ARRAY)),
+            people.c.id_key == sa.any_(sa.bindparam("id_keys", type_=_TEXT_ARRAY)),
+            people.c.email_key == sa.any_(sa.bindparam("email_keys", type_=_TEXT_ARRAY)),
+        ),
+    )
+    .order_by(people.c.cio_id)
+)
+_FIND_PEOPLE_FOR_UPDATE = _FIND_PEOPLE.with_for_update()
+# Executed with a dict of column values: SQLAlchemy binds each named column.
+_INSERT_PERSON = people.insert()
+_UPDATE_PERSON = people.update().where(
+    people.c.workspace_id == sa.bindparam("key_workspace_id"), people.c.cio_id == sa.bindparam("key_cio_id")
+)
+_DELETE_PEOPLE = people.delete().where(
+    people.c.workspace_id == sa.bindparam("workspace_id"),
+    people.c.cio_id == sa.any_(sa.bindparam("cio_ids", type_=_TEXT_ARRAY)),
+)
+
+
+def _person_values(person: Person, keys: Keys) -> dict[str, object]:
+    """The columns that an insert sets and an update may change."""
     return {
-        "cio_id": person.cio_id,
         "id": person.id,
         "email": person.email,
         "email_norm": keys.email_norm,
         "id_key": keys.id_key,
         "email_key": keys.email_key,
         "attributes": dict(person.attributes),
-        "created_at": person.created_at,
         "updated_at": person.updated_at,
     }
