@@ -19,25 +19,32 @@ from service.usecases import IdentityService
 R = TypeVar("R")
 
 
-def refusals_as_status(method: Callable[..., R]) -> Callable[..., R]:
-    """A DomainError ends the call with its status and details (R42)."""
+def refusals_as_status(response_type: type[R]) -> Callable[[Callable[..., R]], Callable[..., R]]:
+    """A DomainError ends the call with its status and details (R42). The status is set on the
+    context rather than raised with abort_with_status, which grpc_testing does not support."""
 
-    @functools.wraps(method)
-    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> R:
-        try:
-            return method(self, request, context)
-        except DomainError as error:
-            context.abort_with_status(to_status(error))
-            raise  # abort_with_status raises; this line is never reached
+    def decorate(method: Callable[..., R]) -> Callable[..., R]:
+        @functools.wraps(method)
+        def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> R:
+            try:
+                return method(self, request, context)
+            except DomainError as error:
+                status = to_status(error)
+                context.set_trailing_metadata(status.trailing_metadata)
+                context.set_code(status.code)
+                context.set_details(status.details)
+                return response_type()
 
-    return wrapper
+        return wrapper
+
+    return decorate
 
 
 class IdentityServicer(pb_grpc.IdentityServiceServicer):
     def __init__(self, service: IdentityService):
         self.service = service
 
-    @refusals_as_status
+    @refusals_as_status(pb.IdentifyResponse)
     def Identify(self, request: pb.IdentifyRequest, context: grpc.ServicerContext) -> pb.IdentifyResponse:
         result = self.service.identify(convert.identify_from_pb(request))
         return pb.IdentifyResponse(
@@ -46,7 +53,7 @@ class IdentityServicer(pb_grpc.IdentityServiceServicer):
             merged_cio_ids=list(result.merged_cio_ids),
         )
 
-    @refusals_as_status
+    @refusals_as_status(pb.UpdateIdentifierResponse)
     def UpdateIdentifier(
         self, request: pb.UpdateIdentifierRequest, context: grpc.ServicerContext
     ) -> pb.UpdateIdentifierResponse:
@@ -58,7 +65,7 @@ class IdentityServicer(pb_grpc.IdentityServiceServicer):
         )
         return pb.UpdateIdentifierResponse(person=convert.person_to_pb(person))
 
-    @refusals_as_status
+    @refusals_as_status(pb.DeleteIdentifierResponse)
     def DeleteIdentifier(
         self, request: pb.DeleteIdentifierRequest, context: grpc.ServicerContext
     ) -> pb.DeleteIdentifierResponse:
@@ -69,18 +76,18 @@ class IdentityServicer(pb_grpc.IdentityServiceServicer):
         )
         return pb.DeleteIdentifierResponse(person=convert.person_to_pb(person))
 
-    @refusals_as_status
+    @refusals_as_status(pb.GetSettingsResponse)
     def GetSettings(self, request: pb.GetSettingsRequest, context: grpc.ServicerContext) -> pb.GetSettingsResponse:
         return pb.GetSettingsResponse(settings=convert.settings_to_pb(self.service.get_settings(request.workspace_id)))
 
-    @refusals_as_status
+    @refusals_as_status(pb.GetPersonResponse)
     def GetPerson(self, request: pb.GetPersonRequest, context: grpc.ServicerContext) -> pb.GetPersonResponse:
         person = self.service.get_person(
             request.workspace_id, convert.ref_from_pb(request.person, request.HasField("person"))
         )
         return pb.GetPersonResponse(person=convert.person_to_pb(person))
 
-    @refusals_as_status
+    @refusals_as_status(pb.DeletePersonResponse)
     def DeletePerson(self, request: pb.DeletePersonRequest, context: grpc.ServicerContext) -> pb.DeletePersonResponse:
         cio_id = self.service.delete_person(
             request.workspace_id, convert.ref_from_pb(request.person, request.HasField("person"))
@@ -92,7 +99,7 @@ class WorkspaceServicer(pb_grpc.WorkspaceServiceServicer):
     def __init__(self, service: IdentityService):
         self.service = service
 
-    @refusals_as_status
+    @refusals_as_status(pb.CreateWorkspaceResponse)
     def CreateWorkspace(
         self, request: pb.CreateWorkspaceRequest, context: grpc.ServicerContext
     ) -> pb.CreateWorkspaceResponse:
@@ -101,7 +108,7 @@ class WorkspaceServicer(pb_grpc.WorkspaceServiceServicer):
         )
         return pb.CreateWorkspaceResponse(settings=convert.settings_to_pb(self.service.create_workspace(settings)))
 
-    @refusals_as_status
+    @refusals_as_status(pb.UpdateSettingsResponse)
     def UpdateSettings(
         self, request: pb.UpdateSettingsRequest, context: grpc.ServicerContext
     ) -> pb.UpdateSettingsResponse:

@@ -63,50 +63,50 @@ class IdentityService:
         plan: Callable[[Settings], Lookup],
         decide: Callable[[Settings, list[Person]], D],
         change_of: Callable[[D], Change] = lambda decision: decision,  # type: ignore[assignment,return-value]
-    ) -> D:
+    ) -> tuple[Settings, D]:
         """The shape shared by every write to people: settings held steady, the people named by
         the plan found and locked in one statement, the decision applied."""
         raise_if(check_workspace_id(workspace_id))
 
-        def work(repo: Repository) -> D:
+        def work(repo: Repository) -> tuple[Settings, D]:
             settings = _require_settings(repo, workspace_id, Lock.SHARE)
             people = repo.find_people(workspace_id, plan(settings), lock=True)
             decision = decide(settings, people)
             _apply(repo, settings, change_of(decision))
-            return decision
+            return settings, decision
 
         return self._run(method, work)
 
     def identify(self, req: IdentifyInput) -> IdentifyResult:
-        change, outcome = self._write_person(
+        settings, (change, outcome) = self._write_person(
             "Identify",
             req.workspace_id,
             lambda s: identify.plan_identify(s, req),
             lambda s, people: identify.decide_identify(s, req, people, _now(), new_cio_id()),
             change_of=lambda decision: decision[0],
         )
-        return IdentifyResult(change.person, outcome, change.deleted)
+        return IdentifyResult(modes.presented(settings.mode, change.person), outcome, change.deleted)
 
     def update_identifier(self, workspace_id: str, ref: Ref, field: Field, value: str) -> Person:
-        change = self._write_person(
+        settings, change = self._write_person(
             "UpdateIdentifier",
             workspace_id,
             lambda s: identifiers.update_identifier_lookup(s, ref, field, value),
             lambda s, people: identifiers.decide_update_identifier(s, ref, field, value, people, _now()),
         )
-        return change.person
+        return modes.presented(settings.mode, change.person)
 
     def delete_identifier(self, workspace_id: str, ref: Ref, field: Field) -> Person:
-        change = self._write_person(
+        settings, change = self._write_person(
             "DeleteIdentifier",
             workspace_id,
             lambda s: identifiers.delete_identifier_lookup(s, ref, field),
             lambda s, people: identifiers.decide_delete_identifier(s, ref, field, people, _now()),
         )
-        return change.person
+        return modes.presented(settings.mode, change.person)
 
     def delete_person(self, workspace_id: str, ref: Ref) -> str:
-        change = self._write_person(
+        _, change = self._write_person(
             "DeletePerson",
             workspace_id,
             lambda s: identifiers.ref_lookup(s, ref),
@@ -120,7 +120,7 @@ class IdentityService:
         def work(repo: Repository) -> Person:
             settings = _require_settings(repo, workspace_id, Lock.NONE)
             people = repo.find_people(workspace_id, identifiers.ref_lookup(settings, ref), lock=False)
-            return identifiers.resolve(people, ref)
+            return modes.presented(settings.mode, identifiers.resolve(people, ref))
 
         return self._run("GetPerson", work)
 

@@ -43,6 +43,24 @@ def reserved_attribute_names(mode: Mode) -> frozenset[str]:
     return frozenset(f.value for f in _IDENTIFIERS[mode])
 
 
+def presented(mode: Mode, person: Person) -> Person:
+    """R12/R1: where id or email is not an identifier it is an ordinary attribute, so a client
+    sees it among the attributes, not as Person.id or Person.email."""
+    if mode == Mode.EMAIL_OR_ID:
+        return person
+    attributes = dict(person.attributes)
+    id_, email = person.id, person.email
+    if not is_identifier(mode, Field.ID):
+        if id_ is not None:
+            attributes[Field.ID.value] = id_
+        id_ = None
+    if not is_identifier(mode, Field.EMAIL):
+        if email is not None:
+            attributes[Field.EMAIL.value] = email
+        email = None
+    return replace(person, id=id_, email=email, attributes=attributes)
+
+
 @dataclass(frozen=True)
 class Keys:
     """What the unique indexes of R41 hold for one person: `id_key` and `email_key` are set only
