@@ -57,7 +57,7 @@ def create_server(
     address: str,
     engine: sa.Engine,
     *,
-    threads: int = 16,
+    threads: int = 8,
     max_concurrent_calls: int | None = 64,
     monitor_interval: float = 0.5,
 ) -> RunningServer:
@@ -102,7 +102,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="postgresql:// URL; unset: the embedded Postgres in .pgdata",
     )
     p.add_argument("--pool-size", type=int, default=int(_env("DB_POOL_SIZE", "8")), help="connections per process")
-    p.add_argument("--threads", type=int, default=int(_env("GRPC_THREADS", "16")), help="RPC threads per process")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=int(_env("GRPC_THREADS", "8")),
+        help="RPC threads per process (more than the pool size only wait for a connection)",
+    )
     p.add_argument(
         "--max-concurrent-calls",
         type=int,

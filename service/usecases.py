@@ -4,7 +4,7 @@ one transaction (R40). No rule is decided here."""
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 import sqlalchemy as sa
 
@@ -17,6 +17,7 @@ from service.rules.changes import Change, Lookup, Write
 from service.rules.validation import check_workspace_id, new_cio_id, raise_if
 
 T = TypeVar("T")
+MODE_CHANGE_STATEMENT_CAP_S = 600.0
 D = TypeVar("D")
 
 
@@ -24,8 +25,7 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _require_settings(repo: Repository, workspace_id: str, lock: Lock) -> Settings:
-    settings = repo.settings(workspace_id, lock)
+def _require(settings: Settings | None, workspace_id: str) -> Settings:
     if settings is None:  # R8
         raise NotFound(
             "WORKSPACE_NOT_FOUND", f"workspace {workspace_id!r} does not exist", {"workspace_id": workspace_id}
@@ -51,26 +51,26 @@ class IdentityService:
         self.engine = engine
         self.database_available = database_available
 
-    def _run(self, method: str, work: Callable[[Repository], T]) -> T:
+    def _run(self, method: str, work: Callable[[Repository], T], **options: Any) -> T:
         if not self.database_available():  # fail fast while the monitor sees the database down
             raise Unavailable("DATABASE_UNAVAILABLE", "the database is unavailable; retry later")
-        return run_in_transaction(self.engine, work, method=method)
+        return run_in_transaction(self.engine, work, method=method, **options)
 
     def _write_person(
         self,
         method: str,
         workspace_id: str,
-        plan: Callable[[Settings], Lookup],
+        lookup: Lookup,
         decide: Callable[[Settings, list[Person]], D],
         change_of: Callable[[D], Change] = lambda decision: decision,  # type: ignore[assignment,return-value]
     ) -> tuple[Settings, D]:
-        """The shape shared by every write to people: settings held steady, the people named by
-        the plan found and locked in one statement, the decision applied."""
+        """The shape shared by every write to people: in one statement the settings are read and
+        held steady and the people of the lookup found and locked; then the decision is applied."""
         raise_if(check_workspace_id(workspace_id))
 
         def work(repo: Repository) -> tuple[Settings, D]:
-            settings = _require_settings(repo, workspace_id, Lock.SHARE)
-            people = repo.find_people(workspace_id, plan(settings), lock=True)
+            found, people = repo.load(workspace_id, lookup, Lock.SHARE)
+            settings = _require(found, workspace_id)
             decision = decide(settings, people)
             _apply(repo, settings, change_of(decision))
             return settings, decision
@@ -81,7 +81,7 @@ class IdentityService:
         settings, (change, outcome) = self._write_person(
             "Identify",
             req.workspace_id,
-            lambda s: identify.plan_identify(s, req),
+            identify.identify_lookup(req),
             lambda s, people: identify.decide_identify(s, req, people, _now(), new_cio_id()),
             change_of=lambda decision: decision[0],
         )
@@ -91,7 +91,7 @@ class IdentityService:
         settings, change = self._write_person(
             "UpdateIdentifier",
             workspace_id,
-            lambda s: identifiers.update_identifier_lookup(s, ref, field, value),
+            identifiers.update_identifier_lookup(ref, field, value),
             lambda s, people: identifiers.decide_update_identifier(s, ref, field, value, people, _now()),
         )
         return modes.presented(settings.mode, change.person)
@@ -100,7 +100,7 @@ class IdentityService:
         settings, change = self._write_person(
             "DeleteIdentifier",
             workspace_id,
-            lambda s: identifiers.delete_identifier_lookup(s, ref, field),
+            identifiers.delete_identifier_lookup(ref, field),
             lambda s, people: identifiers.decide_delete_identifier(s, ref, field, people, _now()),
         )
         return modes.presented(settings.mode, change.person)
@@ -109,24 +109,27 @@ class IdentityService:
         _, change = self._write_person(
             "DeletePerson",
             workspace_id,
-            lambda s: identifiers.ref_lookup(s, ref),
-            lambda s, people: identifiers.decide_delete_person(people, ref),
+            identifiers.ref_lookup(ref),
+            lambda s, people: identifiers.decide_delete_person(s, ref, people),
         )
         return change.person.cio_id
 
     def get_person(self, workspace_id: str, ref: Ref) -> Person:
         raise_if(check_workspace_id(workspace_id))
+        lookup = identifiers.ref_lookup(ref)
 
         def work(repo: Repository) -> Person:
-            settings = _require_settings(repo, workspace_id, Lock.NONE)
-            people = repo.find_people(workspace_id, identifiers.ref_lookup(settings, ref), lock=False)
-            return modes.presented(settings.mode, identifiers.resolve(people, ref))
+            found, people = repo.load(workspace_id, lookup, Lock.NONE)
+            settings = _require(found, workspace_id)
+            return modes.presented(settings.mode, identifiers.resolve(settings, people, ref))
 
-        return self._run("GetPerson", work)
+        return self._run("GetPerson", work, read_only=True)
 
     def get_settings(self, workspace_id: str) -> Settings:
         raise_if(check_workspace_id(workspace_id))
-        return self._run("GetSettings", lambda repo: _require_settings(repo, workspace_id, Lock.NONE))
+        return self._run(
+            "GetSettings", lambda repo: _require(repo.settings(workspace_id), workspace_id), read_only=True
+        )
 
     def create_workspace(self, settings: Settings) -> Settings:
         raise_if(check_workspace_id(settings.workspace_id))
@@ -150,7 +153,7 @@ class IdentityService:
         raise_if(check_workspace_id(workspace_id))
 
         def work(repo: Repository) -> Settings:
-            current = _require_settings(repo, workspace_id, Lock.UPDATE)
+            current = _require(repo.settings(workspace_id, Lock.UPDATE), workspace_id)
             requested = patch(current)
             checks = modes.mode_change_checks(current.mode, requested.mode)
             new = modes.decide_settings_change(current, requested, repo.run_checks(workspace_id, checks))
@@ -165,5 +168,7 @@ class IdentityService:
             repo.update_settings(new, _now())
             return new
 
-        return self._run("UpdateSettings", work)
+        # A mode change checks and rekeys every person of the workspace: allow it more than the
+        # session's cap per statement (the client's deadline still bounds it).
+        return self._run("UpdateSettings", work, cap=MODE_CHANGE_STATEMENT_CAP_S)
 

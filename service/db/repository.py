@@ -128,20 +128,21 @@ class Repository:
 
     # --- people ---
 
-    def find_people(self, workspace_id: str, lookup: Lookup, lock: bool) -> list[Person]:
-        """Everyone the lookup names, in one statement. With lock, the rows are locked FOR
-        UPDATE in cio_id order, so that two calls locking the same people queue up instead of
-        deadlocking."""
-        if not (lookup.cio_ids or lookup.id_keys or lookup.email_keys):
-            return []
+    def load(self, workspace_id: str, lookup: Lookup, lock: Lock) -> tuple[Settings | None, list[Person]]:
+        """The workspace's settings and everyone the lookup names, in one statement (one round
+        trip). With Lock.SHARE the settings row is locked FOR SHARE first (held steady against a
+        settings change, R2), then the people FOR UPDATE in cio_id order, so that two calls
+        locking the same people queue up instead of deadlocking."""
         params = {
             "workspace_id": workspace_id,
             "cio_ids": list(lookup.cio_ids),
             "id_keys": list(lookup.id_keys),
             "email_keys": list(lookup.email_keys),
         }
-        query = _FIND_PEOPLE_FOR_UPDATE if lock else _FIND_PEOPLE
-        return [_person(row) for row in self.conn.execute(query, params)]
+        rows = self.conn.execute(_LOAD[lock], params).all()
+        if not rows:
+            return None, []
+        return _settings(rows[0]), [_person(row) for row in rows if row.cio_id is not None]
 
     def insert_person(self, workspace_id: str, person: Person, keys: Keys) -> None:
         values = _person_values(person, keys)
@@ -180,7 +181,14 @@ _FIND_PEOPLE = (
     )
     .order_by(people.c.cio_id)
 )
-_FIND_PEOPLE_FOR_UPDATE = _FIND_PEOPLE.with_for_update()
+
+def _load_statement(lock: Lock) -> sa.Select:
+    settings = _SETTINGS_QUERIES[lock].cte("ws")
+    found = (_FIND_PEOPLE.with_for_update() if lock != Lock.NONE else _FIND_PEOPLE).lateral("p")
+    return sa.select(settings, found).select_from(settings.outerjoin(found, sa.true()))
+
+
+_LOAD = {lock: _load_statement(lock) for lock in (Lock.NONE, Lock.SHARE)}
 # Executed with a dict of column values: SQLAlchemy binds each named column.
 _INSERT_PERSON = people.insert()
 _UPDATE_PERSON = people.update().where(

@@ -29,8 +29,10 @@ _TIMEOUT_ERRORS = (psycopg.errors.QueryCanceled, psycopg.errors.LockNotAvailable
 DEFAULT_ATTEMPTS = 6
 _BASE_DELAY = 0.002
 _MAX_DELAY = 0.05
-# The connection's own statement_timeout (service.db.engine); a shorter deadline is set per call.
-SESSION_STATEMENT_TIMEOUT_S = 30.0
+# The connection's own statement_timeout and lock_timeout (service.db.engine): the cap for calls
+# without a deadline, or with a longer one. Calls with a shorter deadline, and calls that may
+# legitimately run long (a mode change rekeys a whole workspace), set their own per transaction.
+SESSION_STATEMENT_TIMEOUT_S = 5.0
 
 
 def _orig(error: BaseException) -> BaseException | None:
@@ -56,11 +58,16 @@ def _deadline_exceeded() -> DeadlineExceeded:
     return DeadlineExceeded("DEADLINE_EXCEEDED", "the call's deadline passed before the database answered")
 
 
-def _bound_by_deadline(conn: sa.Connection, budget: float | None) -> None:
-    """Caps this transaction's statements and lock waits by the time the client still waits."""
-    if budget is None or budget >= SESSION_STATEMENT_TIMEOUT_S:
+def _statement_cap(budget: float | None, cap: float) -> float:
+    """The time one statement (or lock wait) may take: the call's cap, bounded by its deadline."""
+    return cap if budget is None else min(budget, cap)
+
+
+def _bound_by_deadline(conn: sa.Connection, limit: float) -> None:
+    """Caps this transaction's statements and lock waits at `limit` seconds."""
+    if limit == SESSION_STATEMENT_TIMEOUT_S:
         return  # the session's own cap applies: no extra round trip
-    ms = str(max(1, int(budget * 1000)))
+    ms = str(max(1, int(limit * 1000)))
     conn.exec_driver_sql(
         "SELECT set_config('statement_timeout', %(ms)s, true), set_config('lock_timeout', %(ms)s, true)",
         {"ms": ms},
@@ -73,16 +80,25 @@ def run_in_transaction(
     *,
     attempts: int = DEFAULT_ATTEMPTS,
     method: str = "",
+    read_only: bool = False,
+    cap: float = SESSION_STATEMENT_TIMEOUT_S,
 ) -> T:
     """Runs `work` in a fresh transaction, committing only if it returns. A DomainError raised by
-    the work rolls everything back and propagates: a refused call changes nothing."""
+    the work rolls everything back and propagates: a refused call changes nothing. `read_only`
+    work of a single statement runs in autocommit: the statement is its own transaction, which
+    saves the BEGIN and COMMIT round trips. `cap` bounds each statement when the client's
+    deadline does not bound it more."""
     for attempt in range(1, attempts + 1):
         budget = deadlines.remaining()
         if budget is not None and budget <= 0:
             raise _deadline_exceeded()
         try:
+            limit = _statement_cap(budget, cap)
+            if read_only and limit == SESSION_STATEMENT_TIMEOUT_S:
+                with engine.connect() as conn:
+                    return work(Repository(conn.execution_options(isolation_level="AUTOCOMMIT")))
             with engine.begin() as conn:
-                _bound_by_deadline(conn, budget)
+                _bound_by_deadline(conn, limit)
                 return work(Repository(conn))
         except sqlalchemy.exc.DBAPIError as error:
             if is_race(error):

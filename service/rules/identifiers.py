@@ -34,11 +34,16 @@ def require_identifier(settings: Settings, field: Field, what: str) -> None:
         )
 
 
-def ref_lookup(settings: Settings, ref: Ref) -> Lookup:
-    """R7: a reference carries one well-formed value of an identifier of the workspace."""
+def ref_lookup(ref: Ref) -> Lookup:
+    """The person a well-formed reference names (R5/R3/R4 checked here, before any database work;
+    whether the field may reference at all, R7, depends on the settings: check_ref_allowed)."""
     check_ref(ref)
-    require_identifier(settings, ref.field, "it cannot reference a person")
     return lookup_for(ref.field, ref.value)
+
+
+def check_ref_allowed(settings: Settings, ref: Ref) -> None:
+    """R7: a reference uses an identifier of the workspace."""
+    require_identifier(settings, ref.field, "it cannot reference a person")
 
 
 def lookup_for(field: Field, value: str) -> Lookup:
@@ -67,8 +72,9 @@ def find(people: Iterable[Person], field: Field, value: str | None) -> Person | 
     return None
 
 
-def resolve(people: Iterable[Person], ref: Ref) -> Person:
-    """R5/R8: the referenced person, or NOT_FOUND."""
+def resolve(settings: Settings, people: Iterable[Person], ref: Ref) -> Person:
+    """R7, then R5/R8: the referenced person, or NOT_FOUND."""
+    check_ref_allowed(settings, ref)
     person = find(people, ref.field, ref.value)
     if person is None:
         raise NotFound(
@@ -168,12 +174,11 @@ def _refuse_cio_id_delete(field: Field) -> None:
         )
 
 
-def update_identifier_lookup(settings: Settings, ref: Ref, field: Field, value: str) -> Lookup:
+def update_identifier_lookup(ref: Ref, field: Field, value: str) -> Lookup:
     """The person referenced and whoever owns the new value, in one lookup."""
     _refuse_cio_id_update(field)
     check_new_value(field, value)
-    ref_keys = ref_lookup(settings, ref)
-    require_identifier(settings, field, "it is an attribute, changed through Identify")  # R23
+    ref_keys = ref_lookup(ref)
     owner = lookup_for(field, value)
     return Lookup(
         cio_ids=ref_keys.cio_ids,
@@ -187,7 +192,8 @@ def decide_update_identifier(
 ) -> Change:
     """R20-R24: the person with `field` set to `value`, or a refusal."""
     _refuse_cio_id_update(field)
-    person = resolve(people, ref)  # R22: no match is NOT_FOUND
+    require_identifier(settings, field, "it is an attribute, changed through Identify")  # R23
+    person = resolve(settings, people, ref)  # R22: no match is NOT_FOUND
     owner = find(people, field, value)
     if not judge_identifier_change(settings, person, field, value, ref.field, owner):
         return Change(Write.NONE, person)
@@ -196,11 +202,9 @@ def decide_update_identifier(
     return Change(Write.UPDATE, apply_to_person(person, now, email=value))
 
 
-def delete_identifier_lookup(settings: Settings, ref: Ref, field: Field) -> Lookup:
+def delete_identifier_lookup(ref: Ref, field: Field) -> Lookup:
     _refuse_cio_id_delete(field)
-    lookup = ref_lookup(settings, ref)
-    require_identifier(settings, field, "it is an attribute, removed through Identify")  # R32/R23
-    return lookup
+    return ref_lookup(ref)
 
 
 def decide_delete_identifier(
@@ -208,7 +212,8 @@ def decide_delete_identifier(
 ) -> Change:
     """R31-R32: the person without `field`, or a refusal."""
     _refuse_cio_id_delete(field)
-    person = resolve(people, ref)
+    require_identifier(settings, field, "it is an attribute, removed through Identify")  # R32/R23
+    person = resolve(settings, people, ref)
     mode = settings.mode
     if field == sole_identifier(mode):  # R32
         raise FailedPrecondition(
@@ -231,5 +236,5 @@ def decide_delete_identifier(
     return Change(Write.UPDATE, apply_to_person(person, now, email=None))
 
 
-def decide_delete_person(people: list[Person], ref: Ref) -> Change:
-    return Change(Write.DELETE, resolve(people, ref))
+def decide_delete_person(settings: Settings, ref: Ref, people: list[Person]) -> Change:
+    return Change(Write.DELETE, resolve(settings, people, ref))

@@ -36,13 +36,7 @@ class _Parts:
 def _split(settings: Settings, req: IdentifyInput) -> _Parts:
     """Validates the request (R3-R6, R9, R12) and splits it by the mode (R1)."""
     mode = settings.mode
-    violations: list[FieldViolation] = []
-    if req.cio_id is not None:
-        violations += check_cio_id(req.cio_id)
-    if req.id is not None:
-        violations += check_id(req.id)
-    if req.email is not None:
-        violations += check_email(req.email)
+    violations = _identifier_shape_violations(req)
     violations += check_attributes(req.attributes, reserved_attribute_names(mode))
 
     attributes = dict(req.attributes)
@@ -84,14 +78,29 @@ def _split(settings: Settings, req: IdentifyInput) -> _Parts:
     return _Parts(id_, email, field_attrs[Field.ID], field_attrs[Field.EMAIL], attributes)
 
 
-def plan_identify(settings: Settings, req: IdentifyInput) -> Lookup:
-    """Validates the request and says which people the decision needs: the one with the cio_id
-    (R10), or the one whose id matches and the one whose email matches (R11)."""
-    parts = _split(settings, req)
+def _identifier_shape_violations(req: IdentifyInput) -> list[FieldViolation]:
+    """R3-R5: the shapes of cio_id, id and email, whatever the mode."""
+    violations: list[FieldViolation] = []
+    if req.cio_id is not None:
+        violations += check_cio_id(req.cio_id)
+    if req.id is not None:
+        violations += check_id(req.id)
+    if req.email is not None:
+        violations += check_email(req.email)
+    return violations
+
+
+def identify_lookup(req: IdentifyInput) -> Lookup:
+    """The people the decision needs: the one with the cio_id (R10), the one whose id matches and
+    the one whose email matches (R11). It does not depend on the mode: the id and email keys are
+    stored only where they are identifiers (modes.keys_for), so an attribute matches nobody.
+    The shapes are checked here, before any database work; decide_identify checks the rest."""
+    # R3-R6 as far as they do not depend on the mode (reserved names do: decide_identify).
+    raise_if(_identifier_shape_violations(req) + check_attributes(req.attributes, frozenset()))
     return Lookup(
         cio_ids=(req.cio_id,) if req.cio_id is not None else (),
-        id_keys=(parts.id,) if parts.id is not None else (),
-        email_keys=(email_key(parts.email),) if parts.email is not None else (),
+        id_keys=(req.id,) if req.id is not None else (),
+        email_keys=(email_key(req.email),) if req.email is not None else (),
     )
 
 
@@ -102,7 +111,7 @@ def decide_identify(
     now: datetime,
     new_cio_id: str,
 ) -> tuple[Change, Outcome]:
-    """R10-R15: what Identify does, given the people found by plan_identify's lookup."""
+    """R10-R15: what Identify does, given the people found by identify_lookup."""
     parts = _split(settings, req)
     if req.cio_id is not None:
         return _identify_by_cio_id(settings, req.cio_id, parts, people, now)

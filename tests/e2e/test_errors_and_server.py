@@ -344,7 +344,7 @@ def test_a_database_error_is_internal_without_sql(own_server, workspace, monkeyp
     def broken_query(self, workspace_id, lookup, lock):
         self.conn.execute(sa.text("SELECT secret_column FROM no_such_table_for_this_test"))
 
-    monkeypatch.setattr(Repository, "find_people", broken_query)
+    monkeypatch.setattr(Repository, "load", broken_query)
     with pytest.raises(grpc.RpcError) as caught:
         pb_grpc.IdentityServiceStub(channel).Identify(identify_request(workspace, id="ab100"))
     _assert_internal(caught.value)

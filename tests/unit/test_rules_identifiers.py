@@ -61,7 +61,7 @@ def stored(settings: Settings, lookup: Lookup, people: list[Person]) -> list[Per
 
 def update(settings: Settings, people: list[Person], ref: Ref, field: Field, value: str) -> Change:
     """UpdateIdentifier as the service runs it: lookup, repository, decision."""
-    lookup = identifiers.update_identifier_lookup(settings, ref, field, value)
+    lookup = identifiers.update_identifier_lookup(ref, field, value)
     return identifiers.decide_update_identifier(
         settings, ref, field, value, stored(settings, lookup, people), NOW
     )
@@ -69,7 +69,7 @@ def update(settings: Settings, people: list[Person], ref: Ref, field: Field, val
 
 def delete(settings: Settings, people: list[Person], ref: Ref, field: Field) -> Change:
     """DeleteIdentifier as the service runs it."""
-    lookup = identifiers.delete_identifier_lookup(settings, ref, field)
+    lookup = identifiers.delete_identifier_lookup(ref, field)
     return identifiers.decide_delete_identifier(settings, ref, field, stored(settings, lookup, people), NOW)
 
 
@@ -107,15 +107,15 @@ def assert_unchanged(change: Change, before: Person) -> None:
 
 @pytest.mark.parametrize("mode", list(Mode))
 def test_r7_reference_by_cio_id_is_allowed_in_every_mode(mode):
-    assert identifiers.ref_lookup(ws(mode), by_cio()) == Lookup(cio_ids=(CIO_A,))
+    assert identifiers.ref_lookup(by_cio()) == Lookup(cio_ids=(CIO_A,))
 
 
 def test_r7_reference_by_id_looks_up_the_exact_id():
-    assert identifiers.ref_lookup(ws(E), by_id("AB100")) == Lookup(id_keys=("AB100",))
+    assert identifiers.ref_lookup(by_id("AB100")) == Lookup(id_keys=("AB100",))
 
 
 def test_r7_reference_by_email_looks_up_the_email_key():
-    assert identifiers.ref_lookup(ws(E), by_email("Person@Example.com")) == Lookup(
+    assert identifiers.ref_lookup(by_email("Person@Example.com")) == Lookup(
         email_keys=("person@example.com",)
     )
 
@@ -124,7 +124,7 @@ def test_r7_reference_by_email_refused_where_email_is_not_an_identifier():
     err = expect_refusal(
         FailedPrecondition,
         "NOT_AN_IDENTIFIER",
-        lambda: identifiers.ref_lookup(ws(I), by_email("person@example.com")),
+        lambda: identifiers.resolve(ws(I), [], by_email("person@example.com")),
         field="email",
         identifier_mode="ID_ONLY",
     )
@@ -135,7 +135,7 @@ def test_r7_reference_by_id_refused_where_id_is_not_an_identifier():
     err = expect_refusal(
         FailedPrecondition,
         "NOT_AN_IDENTIFIER",
-        lambda: identifiers.ref_lookup(ws(O), by_id("ab100")),
+        lambda: identifiers.resolve(ws(O), [], by_id("ab100")),
         field="id",
         identifier_mode="EMAIL_ONLY",
     )
@@ -161,28 +161,28 @@ def test_r5_unknown_cio_id_is_not_found():
     expect_refusal(
         NotFound,
         "PERSON_NOT_FOUND",
-        lambda: identifiers.resolve([person()], by_cio(CIO_UNKNOWN)),
+        lambda: identifiers.resolve(ws(E), [person()], by_cio(CIO_UNKNOWN)),
         field="cio_id",
     )
 
 
 def test_r7_resolve_by_id_is_case_sensitive():
     ab = person(id="ab100")
-    assert identifiers.resolve([ab], by_id("ab100")) is ab
-    expect_refusal(NotFound, "PERSON_NOT_FOUND", lambda: identifiers.resolve([ab], by_id("AB100")), field="id")
+    assert identifiers.resolve(ws(E), [ab], by_id("ab100")) is ab
+    expect_refusal(NotFound, "PERSON_NOT_FOUND", lambda: identifiers.resolve(ws(E), [ab], by_id("AB100")), field="id")
 
 
 def test_r7_resolve_by_email_is_case_insensitive():
     p = person(email="Person@Example.com")
-    assert identifiers.resolve([p], by_email("person@EXAMPLE.com")) is p
+    assert identifiers.resolve(ws(E), [p], by_email("person@EXAMPLE.com")) is p
 
 
 def test_r7_delete_person_deletes_the_referenced_person():
     p, other = person(id="ab100"), person(CIO_B, id="AB100")
-    change = identifiers.decide_delete_person([p, other], by_id("ab100"))
+    change = identifiers.decide_delete_person(ws(E), by_id("ab100"), [p, other])
     assert change == Change(Write.DELETE, p)
     expect_refusal(
-        NotFound, "PERSON_NOT_FOUND", lambda: identifiers.decide_delete_person([p], by_cio(CIO_UNKNOWN))
+        NotFound, "PERSON_NOT_FOUND", lambda: identifiers.decide_delete_person(ws(E), by_cio(CIO_UNKNOWN), [p])
     )
 
 
@@ -379,8 +379,8 @@ def test_r22_email_only_reference_matching_nobody_is_not_found():
 def test_r22_resolve_reference_matching_nobody_is_not_found(mode, ref, field):
     # Every person has the sole identifier: no match means "person does not exist".
     people = [person(CIO_B, id="AB100", email="q@example.com")]
-    identifiers.ref_lookup(ws(mode), ref)  # the reference itself is allowed (R7)
-    expect_refusal(NotFound, "PERSON_NOT_FOUND", lambda: identifiers.resolve(people, ref), field=field)
+    identifiers.check_ref_allowed(ws(mode), ref)  # the reference itself is allowed (R7)
+    expect_refusal(NotFound, "PERSON_NOT_FOUND", lambda: identifiers.resolve(ws(mode), people, ref), field=field)
 
 
 # --------------------------------------------------------------------------- R23
@@ -392,7 +392,7 @@ def test_r23_updating_a_non_identifier_is_failed_precondition(mode, field, value
     expect_refusal(
         FailedPrecondition,
         "NOT_AN_IDENTIFIER",
-        lambda: identifiers.update_identifier_lookup(ws(mode), by_cio(), field, value),
+        lambda: update(ws(mode), [p], by_cio(), field, value),
         field=field.value,
         identifier_mode=mode.value,
     )
@@ -498,9 +498,9 @@ def test_r24_email_case_variant_of_own_email_still_obeys_r20():
 
 
 def test_r24_lookup_finds_both_the_person_and_the_owner_of_the_new_value():
-    lookup = identifiers.update_identifier_lookup(ws(E), by_id("ab100"), Field.EMAIL, "New@Example.com")
+    lookup = identifiers.update_identifier_lookup(by_id("ab100"), Field.EMAIL, "New@Example.com")
     assert lookup == Lookup(id_keys=("ab100",), email_keys=("new@example.com",))
-    lookup = identifiers.update_identifier_lookup(ws(E), by_email("P@example.com"), Field.ID, "AB100")
+    lookup = identifiers.update_identifier_lookup(by_email("P@example.com"), Field.ID, "AB100")
     assert lookup == Lookup(id_keys=("AB100",), email_keys=(email_key("P@example.com"),))
 
 

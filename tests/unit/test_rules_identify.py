@@ -16,7 +16,7 @@ from service.domain import Field, IdentifyInput, Mode, Outcome, Person, Ref, Set
 from service.errors import AlreadyExists, DomainError, FailedPrecondition, InvalidArgument, NotFound
 from service.rules import identifiers, modes
 from service.rules.changes import Change, Lookup, Write
-from service.rules.identify import decide_identify, plan_identify
+from service.rules.identify import decide_identify, identify_lookup
 from service.rules.modes import Check, CheckResult
 from service.rules.validation import email_key
 
@@ -58,7 +58,7 @@ def stored(settings: Settings, lookup: Lookup, people: list[Person]) -> list[Per
 def identify(settings: Settings, people: list[Person], **fields: Any) -> tuple[Change, Outcome]:
     """Identify as the service runs it: plan the lookup, fetch from the repository, decide."""
     req = IdentifyInput(WS, **fields)
-    lookup = plan_identify(settings, req)
+    lookup = identify_lookup(req)
     return decide_identify(settings, req, stored(settings, lookup, people), NOW, CIO_NEW)
 
 
@@ -129,7 +129,7 @@ def test_r9_request_without_an_identifier_is_invalid(mode, fields, field):
 
 @pytest.mark.parametrize("mode", list(Mode))
 def test_r9_cio_id_alone_is_enough(mode):
-    assert plan_identify(ws(mode), IdentifyInput(WS, cio_id=CIO_A)) == Lookup(cio_ids=(CIO_A,))
+    assert identify_lookup(IdentifyInput(WS, cio_id=CIO_A)) == Lookup(cio_ids=(CIO_A,))
 
 
 # --------------------------------------------------------------------------- R10
@@ -146,7 +146,7 @@ def test_r10_unknown_cio_id_is_not_found_and_never_creates(update_only):
 
 
 def test_r10_lookup_by_cio_id_also_fetches_owners_of_the_new_values():
-    lookup = plan_identify(ws(), IdentifyInput(WS, cio_id=CIO_A, id="AB100", email="P@Example.com"))
+    lookup = identify_lookup(IdentifyInput(WS, cio_id=CIO_A, id="AB100", email="P@Example.com"))
     assert lookup == Lookup(cio_ids=(CIO_A,), id_keys=("AB100",), email_keys=("p@example.com",))
 
 
@@ -230,7 +230,7 @@ def test_r10_email_only_cio_id_changes_email_only_when_sole_identifier_updatable
 
 
 def test_r11_lookup_is_by_id_and_email_key():
-    lookup = plan_identify(ws(), IdentifyInput(WS, id="AB100", email="Person@Example.com"))
+    lookup = identify_lookup(IdentifyInput(WS, id="AB100", email="Person@Example.com"))
     assert lookup == Lookup(id_keys=("AB100",), email_keys=("person@example.com",))
 
 
@@ -369,14 +369,20 @@ def test_r11_emails_are_case_insensitive_one_person():
 # --------------------------------------------------------------------------- R12
 
 
-def test_r12_id_only_does_not_look_up_by_email():
-    assert plan_identify(ws(I), IdentifyInput(WS, id="ab100", email="p@example.com")) == Lookup(id_keys=("ab100",))
+def test_r12_id_only_email_matches_nobody():
+    # The lookup does not depend on the mode; the stored keys do: in ID_ONLY no email key is kept,
+    # so a person with the same email is not found by it.
+    other = person(CIO_B, id="cd200", email="p@example.com")
+    assert modes.keys_for(I, other).email_key is None
+    change, outcome = identify(ws(I), [other], id="ab100", email="p@example.com")
+    assert outcome is Outcome.CREATED and change.person.cio_id == CIO_NEW
 
 
-def test_r12_email_only_does_not_look_up_by_id():
-    assert plan_identify(ws(O), IdentifyInput(WS, id="ab100", email="P@example.com")) == Lookup(
-        email_keys=("p@example.com",)
-    )
+def test_r12_email_only_id_matches_nobody():
+    other = person(CIO_B, id="ab100", email="q@example.com")
+    assert modes.keys_for(O, other).id_key is None
+    change, outcome = identify(ws(O), [other], id="ab100", email="P@example.com")
+    assert outcome is Outcome.CREATED and change.person.cio_id == CIO_NEW
 
 
 def test_r12_id_only_email_is_stored_in_the_email_field_as_an_attribute():
@@ -847,7 +853,7 @@ class World:
     # -- the calls, as the service runs them
 
     def identify(self, req: IdentifyInput) -> tuple[Change, Outcome]:
-        people = self.find(plan_identify(self.settings, req))
+        people = self.find(identify_lookup(req))
         change, outcome = decide_identify(self.settings, req, people, self.now, self.new_cio_id())
         check_outcome(change, outcome)
         return change, outcome
@@ -859,11 +865,11 @@ class World:
         if isinstance(op, UpdateOp):
             ref = self.ref(op)
             value = op.value_id if op.field is Field.ID else op.value_email
-            lookup = identifiers.update_identifier_lookup(s, ref, op.field, value)
+            lookup = identifiers.update_identifier_lookup(ref, op.field, value)
             return identifiers.decide_update_identifier(s, ref, op.field, value, self.find(lookup), self.now)
         if isinstance(op, DeleteOp):
             ref = self.ref(op)
-            lookup = identifiers.delete_identifier_lookup(s, ref, op.field)
+            lookup = identifiers.delete_identifier_lookup(ref, op.field)
             return identifiers.decide_delete_identifier(s, ref, op.field, self.find(lookup), self.now)
         assert isinstance(op, SettingsOp)
         checks = modes.mode_change_checks(s.mode, op.new.mode)

@@ -41,7 +41,13 @@ def person(cio_id: str = CIO_A, id=None, email=None, attributes=None) -> Person:
 
 
 def plan(settings: Settings, **fields):
-    return identify.plan_identify(settings, IdentifyInput(WS, **fields))
+    """Identify's validation as the service runs it: the shapes before the lookup, the rest
+    (which depends on the mode) in the decision. Returns the lookup."""
+    req = IdentifyInput(WS, **fields)
+    lookup = identify.identify_lookup(req)
+    people = [person(req.cio_id)] if req.cio_id else []
+    identify.decide_identify(settings, req, people, T0, "0" * 20)
+    return lookup
 
 
 def reasons(violations) -> list[tuple[str, str]]:
@@ -139,13 +145,13 @@ def test_r3_identify_names_the_bad_id_field():
 
 def test_r3_reference_by_bad_id_names_person_id_field():
     expect_invalid(
-        lambda: identifiers.ref_lookup(ws(), Ref(Field.ID, "ab\x00100")), "person.id", "INVALID_ID"
+        lambda: identifiers.ref_lookup(Ref(Field.ID, "ab\x00100")), "person.id", "INVALID_ID"
     )
 
 
 def test_r3_update_identifier_new_id_value_is_validated():
     expect_invalid(
-        lambda: identifiers.update_identifier_lookup(ws(), Ref(Field.CIO_ID, CIO_A), Field.ID, ""),
+        lambda: identifiers.update_identifier_lookup(Ref(Field.CIO_ID, CIO_A), Field.ID, ""),
         "value",
         "INVALID_ID",
     )
@@ -218,15 +224,13 @@ def test_r4_identify_names_the_bad_email_field():
 
 def test_r4_reference_by_bad_email_names_person_email_field():
     expect_invalid(
-        lambda: identifiers.ref_lookup(ws(), Ref(Field.EMAIL, "nope")), "person.email", "INVALID_EMAIL"
+        lambda: identifiers.ref_lookup(Ref(Field.EMAIL, "nope")), "person.email", "INVALID_EMAIL"
     )
 
 
 def test_r4_update_identifier_new_email_value_is_validated():
     expect_invalid(
-        lambda: identifiers.update_identifier_lookup(
-            ws(), Ref(Field.CIO_ID, CIO_A), Field.EMAIL, "a@b@c"
-        ),
+        lambda: identifiers.update_identifier_lookup(Ref(Field.CIO_ID, CIO_A), Field.EMAIL, "a@b@c"),
         "value",
         "INVALID_EMAIL",
     )
@@ -304,7 +308,7 @@ def test_r5_identify_with_malformed_cio_id_names_cio_id_field():
 
 def test_r5_reference_by_malformed_cio_id_names_person_cio_id_field():
     expect_invalid(
-        lambda: identifiers.ref_lookup(ws(), Ref(Field.CIO_ID, "x")), "person.cio_id", "INVALID_CIO_ID"
+        lambda: identifiers.ref_lookup(Ref(Field.CIO_ID, "x")), "person.cio_id", "INVALID_CIO_ID"
     )
 
 
@@ -377,6 +381,8 @@ def test_r6_identify_reports_a_violation_for_each_bad_field():
             email="nope",
             attributes={"": 1, "big": "x" * 2000, "email": "x@example.com"},
         )
+    # Shapes are checked before the lookup, all at once; reserved names depend on the mode and
+    # are checked with the settings, after the shapes pass.
     assert sorted(reasons(info.value.violations)) == sorted(
         [
             ("cio_id", "INVALID_CIO_ID"),
@@ -384,9 +390,17 @@ def test_r6_identify_reports_a_violation_for_each_bad_field():
             ("email", "INVALID_EMAIL"),
             ("attributes.", "INVALID_ATTRIBUTE_NAME"),
             ("attributes.big", "ATTRIBUTE_VALUE_TOO_LARGE"),
-            ("attributes.email", "RESERVED_ATTRIBUTE_NAME"),
         ]
     )
+    with pytest.raises(InvalidArgument) as info:
+        plan(ws(), cio_id=CIO_A, id=" x", attributes={"email": "x@example.com"})
+    assert reasons(info.value.violations) == [("id", "INVALID_ID")]
+    with pytest.raises(InvalidArgument) as info:
+        plan(ws(), cio_id=CIO_A, attributes={"id": "ab100", "email": "x@example.com"})
+    assert sorted(reasons(info.value.violations)) == [
+        ("attributes.email", "RESERVED_ATTRIBUTE_NAME"),
+        ("attributes.id", "RESERVED_ATTRIBUTE_NAME"),
+    ]
 
 
 def test_r6_stored_person_is_limited_to_300_attributes():
