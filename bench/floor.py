@@ -6,10 +6,12 @@ The statements are the service's own, as Postgres logs them (log_statement=all):
 
     BEGIN
     SELECT set_config('statement_timeout', $1, true), set_config('lock_timeout', $1, true)
-        -- only when the call has a deadline under 30 s (service.db.transaction)
-    SELECT workspaces.... FROM workspaces WHERE workspaces.workspace_id = $1::VARCHAR FOR SHARE
-    SELECT people.cio_id, ... FROM people WHERE people.workspace_id = $1::VARCHAR
-        AND people.id_key = ANY ($2::TEXT[]) ORDER BY people.cio_id FOR UPDATE
+        -- only when the call's deadline is nearer than the session's 5 s cap
+        -- (service.db.transaction)
+    WITH ws AS (SELECT workspaces.... FROM workspaces WHERE workspace_id = $1 FOR SHARE)
+    SELECT ws...., p.... FROM ws LEFT OUTER JOIN LATERAL (SELECT people.cio_id, ... FROM people
+        WHERE people.workspace_id = $1 AND (cio_id = ANY ($2) OR id_key = ANY ($3)
+        OR email_key = ANY ($4)) ORDER BY people.cio_id FOR UPDATE) AS p ON true
     UPDATE people SET id=..., email=..., email_norm=..., id_key=..., email_key=..., attributes=...,
         updated_at=... WHERE people.workspace_id = $8::VARCHAR AND people.cio_id = $9::VARCHAR
     COMMIT
@@ -37,8 +39,7 @@ SCRIPT = r"""-- The transaction of an Identify of an existing person (see bench/
 \set k random(1, :people)
 \set visits random(1, 1000000000)
 BEGIN;
-{set_config}SELECT workspaces.workspace_id, workspaces.identifier_mode, workspaces.email_updatable_by_id, workspaces.sole_identifier_updatable, workspaces.auto_merge FROM workspaces WHERE workspaces.workspace_id = :ws::VARCHAR FOR SHARE;
-SELECT people.cio_id, people.id, people.email, people.attributes, people.created_at, people.updated_at FROM people WHERE people.workspace_id = :ws::VARCHAR AND people.id_key = ANY (ARRAY['user-' || :k::text]::TEXT[]) ORDER BY people.cio_id FOR UPDATE \gset p_
+{set_config}WITH ws AS (SELECT workspaces.workspace_id AS workspace_id, workspaces.identifier_mode AS identifier_mode, workspaces.email_updatable_by_id AS email_updatable_by_id, workspaces.sole_identifier_updatable AS sole_identifier_updatable, workspaces.auto_merge AS auto_merge FROM workspaces WHERE workspaces.workspace_id = :ws::VARCHAR FOR SHARE) SELECT ws.workspace_id, ws.identifier_mode, ws.email_updatable_by_id, ws.sole_identifier_updatable, ws.auto_merge, p.cio_id, p.id, p.email, p.attributes, p.created_at, p.updated_at FROM ws LEFT OUTER JOIN LATERAL (SELECT people.cio_id AS cio_id, people.id AS id, people.email AS email, people.attributes AS attributes, people.created_at AS created_at, people.updated_at AS updated_at FROM people WHERE people.workspace_id = :ws::VARCHAR AND (people.cio_id = ANY ('{{}}'::TEXT[]) OR people.id_key = ANY (ARRAY['user-' || :k::text]::TEXT[]) OR people.email_key = ANY ('{{}}'::TEXT[])) ORDER BY people.cio_id FOR UPDATE) AS p ON true \gset p_
 UPDATE people SET id=:p_id::VARCHAR, email=:p_email::VARCHAR, email_norm=:p_email::VARCHAR, id_key=:p_id::VARCHAR, email_key=:p_email::VARCHAR, attributes=(:p_attributes::JSONB || jsonb_build_object('visits', :visits::bigint, 'plan', 'pro')), updated_at=now() WHERE people.workspace_id = :ws::VARCHAR AND people.cio_id = :p_cio_id::VARCHAR;
 COMMIT;
 """
@@ -89,9 +90,11 @@ def find_pgbench(embedded_major: int | None = None, override: str | None = None)
 
 
 def write_script(path: Path, deadline: float | None) -> None:
-    """With a deadline under 30 s the service sets the transaction's timeouts first: so does the
-    floor."""
-    with_timeouts = deadline is not None and deadline < 30
+    """With a deadline nearer than the session's cap the service sets the transaction's timeouts
+    first: so does the floor."""
+    from service.db.transaction import SESSION_STATEMENT_TIMEOUT_S
+
+    with_timeouts = deadline is not None and deadline < SESSION_STATEMENT_TIMEOUT_S
     path.write_text(SCRIPT.format(set_config=SET_CONFIG if with_timeouts else ""))
 
 
