@@ -34,14 +34,17 @@ def _require(settings: Settings | None, workspace_id: str) -> Settings:
 
 
 def _apply(repo: Repository, settings: Settings, change: Change) -> None:
+    """Writes what the decision says, and commits: a merge's secondary is deleted first, freeing
+    its identifiers for the primary (R13)."""
     ws = settings.workspace_id
-    repo.delete_people(ws, change.deleted)  # first: frees the merged-away identifiers (R13)
+    deleted = list(change.deleted)
+    person = [(change.person, modes.keys_for(settings.mode, change.person))]
     if change.write == Write.INSERT:
-        repo.insert_person(ws, change.person, modes.keys_for(settings.mode, change.person))
+        repo.write_and_commit(ws, delete=deleted, insert=person)
     elif change.write == Write.UPDATE:
-        repo.update_person(ws, change.person, modes.keys_for(settings.mode, change.person))
+        repo.write_and_commit(ws, delete=deleted, update=person)
     elif change.write == Write.DELETE:
-        repo.delete_people(ws, [change.person.cio_id])
+        repo.write_and_commit(ws, delete=[*deleted, change.person.cio_id])
 
 
 class IdentityService:

@@ -7,8 +7,11 @@ import enum
 from datetime import datetime
 from typing import Iterable
 
+import psycopg
 import sqlalchemy as sa
+from psycopg.types.json import Jsonb
 from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import psycopg as psycopg_dialect
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from service.db.schema import people, workspaces
@@ -42,8 +45,8 @@ class Lock(enum.Enum):
     UPDATE = "UPDATE"
 
 
-def _person(row: sa.Row) -> Person:
-    return Person(row.cio_id, row.id, row.email, row.attributes, row.created_at, row.updated_at)
+def _settings_from_tuple(row: tuple) -> Settings:
+    return Settings(row[0], Mode(row[1]), row[2], row[3], row[4])
 
 
 def _settings(row: sa.Row) -> Settings:
@@ -66,13 +69,22 @@ def _settings_values(settings: Settings) -> dict[str, object]:
 
 
 class Repository:
-    def __init__(self, conn: sa.Connection):
+    """On one SQLAlchemy connection. The hot statements (the load and the writes of every call)
+    are SQLAlchemy Core statements compiled once and run on the psycopg connection underneath,
+    in pipeline mode: BEGIN travels with the load, and the writes with COMMIT, so a write call
+    costs two round trips, and none of SQLAlchemy's per-statement work. The rest runs through
+    SQLAlchemy as usual."""
+
+    def __init__(self, conn: sa.Connection, statement_timeout_ms: int | None = None):
         self.conn = conn
+        self.driver: psycopg.Connection = conn.connection.driver_connection  # type: ignore[assignment]
+        # Sent with the first statement: caps this transaction's statements and lock waits.
+        self.statement_timeout_ms = statement_timeout_ms
 
     # --- workspaces ---
 
     def settings(self, workspace_id: str, lock: Lock = Lock.NONE) -> Settings | None:
-        row = self.conn.execute(_SETTINGS_QUERIES[lock], {"workspace_id": workspace_id}).first()
+        row = self._execute(_SETTINGS_QUERIES[lock], {"workspace_id": workspace_id}).first()
         return _settings(row) if row is not None else None
 
     def create_workspace(self, settings: Settings, now: datetime) -> bool:
@@ -83,10 +95,10 @@ class Repository:
             .on_conflict_do_nothing(index_elements=[workspaces.c.workspace_id])
             .returning(workspaces.c.workspace_id)
         )
-        return self.conn.execute(stmt).first() is not None
+        return self._execute(stmt).first() is not None
 
     def update_settings(self, settings: Settings, now: datetime) -> None:
-        self.conn.execute(
+        self._execute(
             workspaces.update()
             .where(workspaces.c.workspace_id == settings.workspace_id)
             .values(updated_at=now, **_settings_values(settings))
@@ -109,15 +121,15 @@ class Repository:
             )
             offending = sa.select(people.c.cio_id).where(in_ws, column.in_(shared))
         sub = offending.subquery()
-        count = self.conn.execute(sa.select(sa.func.count()).select_from(sub)).scalar_one()
-        sample = self.conn.execute(
+        count = self._execute(sa.select(sa.func.count()).select_from(sub)).scalar_one()
+        sample = self._execute(
             sa.select(sub.c.cio_id).order_by(sub.c.cio_id).limit(SAMPLE_SIZE)
         ).scalars().all() if count else []
         return CheckResult(count, tuple(sample))
 
     def rekey(self, workspace_id: str, id_is_identifier: bool, email_is_identifier: bool) -> None:
         """Sets the unique keys of every person for a new mode (R2, after its checks passed)."""
-        self.conn.execute(
+        self._execute(
             people.update()
             .where(people.c.workspace_id == workspace_id)
             .values(
@@ -139,26 +151,55 @@ class Repository:
             "id_keys": list(lookup.id_keys),
             "email_keys": list(lookup.email_keys),
         }
-        rows = self.conn.execute(_LOAD[lock], params).all()
+        with self.driver.cursor() as cur:
+            if self.driver.autocommit and self.statement_timeout_ms is None:
+                cur.execute(_LOAD_SQL[lock], params)  # a single statement: nothing to pipeline
+            else:
+                with self.driver.pipeline():
+                    self._send_timeouts(cur)
+                    cur.execute(_LOAD_SQL[lock], params)
+            rows = cur.fetchall()
         if not rows:
             return None, []
-        return _settings(rows[0]), [_person(row) for row in rows if row.cio_id is not None]
+        # Columns: the settings (5), then the person (6), absent when nobody matched.
+        return _settings_from_tuple(rows[0]), [Person(*row[5:]) for row in rows if row[5] is not None]
 
-    def insert_person(self, workspace_id: str, person: Person, keys: Keys) -> None:
-        values = _person_values(person, keys)
-        self.conn.execute(
-            _INSERT_PERSON,
-            {"workspace_id": workspace_id, "cio_id": person.cio_id, "created_at": person.created_at, **values},
-        )
+    def _send_timeouts(self, cur: psycopg.Cursor) -> None:
+        """Before the transaction's first statement (and with it, in a pipeline), if the call
+        needs a cap other than the session's."""
+        if self.statement_timeout_ms is not None:
+            cur.execute(_SET_TIMEOUTS_SQL, {"ms": str(self.statement_timeout_ms)})
+            self.statement_timeout_ms = None
 
-    def update_person(self, workspace_id: str, person: Person, keys: Keys) -> None:
-        values = _person_values(person, keys)
-        self.conn.execute(_UPDATE_PERSON, {"key_workspace_id": workspace_id, "key_cio_id": person.cio_id, **values})
+    def _execute(self, statement: sa.Executable, params: dict | None = None) -> sa.CursorResult:
+        """A statement through SQLAlchemy (the rare calls)."""
+        if self.statement_timeout_ms is not None:
+            with self.driver.cursor() as cur:
+                self._send_timeouts(cur)
+        return self.conn.execute(statement, params)
 
-    def delete_people(self, workspace_id: str, cio_ids: Iterable[str]) -> None:
-        ids = list(cio_ids)
-        if ids:
-            self.conn.execute(_DELETE_PEOPLE, {"workspace_id": workspace_id, "cio_ids": ids})
+    def write_and_commit(
+        self, workspace_id: str, *, delete: Iterable[str] = (), insert: Iterable[tuple[Person, Keys]] = (),
+        update: Iterable[tuple[Person, Keys]] = (),
+    ) -> None:
+        """The call's last step: its writes, in this order, and the COMMIT, sent together."""
+        with self.driver.cursor() as cur, self.driver.pipeline():
+            self._send_timeouts(cur)
+            ids = list(delete)
+            if ids:
+                cur.execute(_DELETE_PEOPLE_SQL, {"workspace_id": workspace_id, "cio_ids": ids})
+            for person, keys in insert:
+                values = _person_values(person, keys)
+                cur.execute(
+                    _INSERT_PERSON_SQL,
+                    {"workspace_id": workspace_id, "cio_id": person.cio_id, "created_at": person.created_at, **values},
+                )
+            for person, keys in update:
+                values = _person_values(person, keys)
+                cur.execute(
+                    _UPDATE_PERSON_SQL, {"key_workspace_id": workspace_id, "key_cio_id": person.cio_id, **values}
+                )
+            self.driver.commit()
 
 
 # The hot statements are built once: each call only binds values (and psycopg prepares them
@@ -189,6 +230,20 @@ def _load_statement(lock: Lock) -> sa.Select:
 
 
 _LOAD = {lock: _load_statement(lock) for lock in (Lock.NONE, Lock.SHARE)}
+
+def _person_values(person: Person, keys: Keys) -> dict[str, object]:
+    """The columns that an insert sets and an update may change."""
+    return {
+        "id": person.id,
+        "email": person.email,
+        "email_norm": keys.email_norm,
+        "id_key": keys.id_key,
+        "email_key": keys.email_key,
+        "attributes": Jsonb(dict(person.attributes)),
+        "updated_at": person.updated_at,
+    }
+
+
 # Executed with a dict of column values: SQLAlchemy binds each named column.
 _INSERT_PERSON = people.insert()
 _UPDATE_PERSON = people.update().where(
@@ -199,15 +254,19 @@ _DELETE_PEOPLE = people.delete().where(
     people.c.cio_id == sa.any_(sa.bindparam("cio_ids", type_=_TEXT_ARRAY)),
 )
 
+# The same statements as SQL for the driver (psycopg's %(name)s parameters), compiled once.
+_DIALECT = psycopg_dialect.dialect()
+_PERSON_FIELDS = ["id", "email", "email_norm", "id_key", "email_key", "attributes", "updated_at"]
 
-def _person_values(person: Person, keys: Keys) -> dict[str, object]:
-    """The columns that an insert sets and an update may change."""
-    return {
-        "id": person.id,
-        "email": person.email,
-        "email_norm": keys.email_norm,
-        "id_key": keys.id_key,
-        "email_key": keys.email_key,
-        "attributes": dict(person.attributes),
-        "updated_at": person.updated_at,
-    }
+
+def _sql(statement: sa.Executable, column_keys: list[str] | None = None) -> str:
+    return str(statement.compile(dialect=_DIALECT, column_keys=column_keys))
+
+
+_LOAD_SQL = {lock: _sql(statement) for lock, statement in _LOAD.items()}
+_INSERT_PERSON_SQL = _sql(_INSERT_PERSON, ["workspace_id", "cio_id", "created_at", *_PERSON_FIELDS])
+_UPDATE_PERSON_SQL = _sql(_UPDATE_PERSON, _PERSON_FIELDS)
+_DELETE_PEOPLE_SQL = _sql(_DELETE_PEOPLE)
+_SET_TIMEOUTS_SQL = (
+    "SELECT set_config('statement_timeout', %(ms)s, true), set_config('lock_timeout', %(ms)s, true)"
+)

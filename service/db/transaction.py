@@ -35,23 +35,24 @@ _MAX_DELAY = 0.05
 SESSION_STATEMENT_TIMEOUT_S = 5.0
 
 
-def _orig(error: BaseException) -> BaseException | None:
-    return getattr(error, "orig", None)
+def _driver_error(error: BaseException) -> BaseException:
+    """The psycopg error, whether raised by the driver (hot path) or wrapped by SQLAlchemy."""
+    return getattr(error, "orig", None) or error
 
 
 def is_race(error: BaseException) -> bool:
-    return isinstance(_orig(error), _RACE_ERRORS)
+    return isinstance(_driver_error(error), _RACE_ERRORS)
 
 
 def is_timeout(error: BaseException) -> bool:
-    return isinstance(_orig(error), _TIMEOUT_ERRORS)
+    return isinstance(_driver_error(error), _TIMEOUT_ERRORS)
 
 
 def is_unavailable(error: BaseException) -> bool:
     """The database could not be reached or the connection broke (not a problem of the call)."""
-    if isinstance(error, sqlalchemy.exc.DBAPIError):
-        return error.connection_invalidated or isinstance(_orig(error), psycopg.OperationalError)
-    return False
+    if isinstance(error, sqlalchemy.exc.DBAPIError) and error.connection_invalidated:
+        return True
+    return isinstance(_driver_error(error), psycopg.OperationalError)
 
 
 def _deadline_exceeded() -> DeadlineExceeded:
@@ -63,15 +64,22 @@ def _statement_cap(budget: float | None, cap: float) -> float:
     return cap if budget is None else min(budget, cap)
 
 
-def _bound_by_deadline(conn: sa.Connection, limit: float) -> None:
-    """Caps this transaction's statements and lock waits at `limit` seconds."""
-    if limit == SESSION_STATEMENT_TIMEOUT_S:
-        return  # the session's own cap applies: no extra round trip
-    ms = str(max(1, int(limit * 1000)))
-    conn.exec_driver_sql(
-        "SELECT set_config('statement_timeout', %(ms)s, true), set_config('lock_timeout', %(ms)s, true)",
-        {"ms": ms},
-    )
+def _timeout_ms(limit: float) -> int | None:
+    """The per-transaction cap to set, or None when the session's own cap applies."""
+    return None if limit == SESSION_STATEMENT_TIMEOUT_S else max(1, int(limit * 1000))
+
+
+def _run_once(engine: sa.Engine, work: Callable[[Repository], T], limit: float, read_only: bool) -> T:
+    timeout_ms = _timeout_ms(limit)
+    autocommit = read_only and timeout_ms is None
+    with engine.connect() if autocommit else engine.begin() as conn:
+        try:
+            if autocommit:
+                return work(Repository(conn.execution_options(isolation_level="AUTOCOMMIT")))
+            return work(Repository(conn, timeout_ms))
+        except psycopg.OperationalError:
+            conn.invalidate()  # a connection broken under the driver must not go back to the pool
+            raise
 
 
 def run_in_transaction(
@@ -93,14 +101,8 @@ def run_in_transaction(
         if budget is not None and budget <= 0:
             raise _deadline_exceeded()
         try:
-            limit = _statement_cap(budget, cap)
-            if read_only and limit == SESSION_STATEMENT_TIMEOUT_S:
-                with engine.connect() as conn:
-                    return work(Repository(conn.execution_options(isolation_level="AUTOCOMMIT")))
-            with engine.begin() as conn:
-                _bound_by_deadline(conn, limit)
-                return work(Repository(conn))
-        except sqlalchemy.exc.DBAPIError as error:
+            return _run_once(engine, work, _statement_cap(budget, cap), read_only)
+        except (sqlalchemy.exc.DBAPIError, psycopg.Error) as error:
             if is_race(error):
                 metrics.RETRIES.labels(method).inc()
                 if attempt < attempts:

@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from identity.v1 import identity_pb2 as pb
-from service.db.repository import Repository
+from service.db import repository
 from service.domain import Mode
 from tests.e2e.helpers import (
     CIO_ID_SHAPE,
@@ -421,10 +421,8 @@ def test_r40_a_merge_that_fails_midway_is_rolled_back(stub, workspace, people_ro
     b = identify(stub, workspace, email="b@example.com").person
     before = people_rows(workspace)
 
-    def fail(self, workspace_id, person, keys):
-        raise RuntimeError("disk on fire")
-
-    monkeypatch.setattr(Repository, "update_person", fail)
+    # The primary's UPDATE fails in the database, after the secondary's DELETE was sent with it.
+    monkeypatch.setattr(repository, "_UPDATE_PERSON_SQL", "UPDATE no_such_table_for_this_test SET x = 1")
     refusal = refused(stub.Identify, identify_request(workspace, id="ab100", email="b@example.com"),
                       grpc.StatusCode.INTERNAL)
     assert refusal.message == "internal error"
