@@ -205,10 +205,25 @@ class Repository:
 # The hot statements are built once: each call only binds values (and psycopg prepares them
 # server-side after a few uses).
 _SETTINGS_QUERY = sa.select(*_SETTINGS_COLUMNS).where(workspaces.c.workspace_id == sa.bindparam("workspace_id"))
+
+# A settings change must not wait for ever behind a stream of writes: row locks let each new FOR
+# SHARE pass a waiting FOR NO KEY UPDATE, but Postgres queues advisory locks in order. So writes
+# also take the workspace's gate shared and a settings change takes it exclusively, first, in
+# the same statement as the row lock (which, taken after the gate, sees the latest settings).
+_GATE_CLASS = sa.literal_column("7242")  # the advisory lock namespace of workspace gates
+
+
+def _gated(query: sa.Select, lock_function: str) -> sa.Select:
+    gate = sa.select(
+        getattr(sa.func, lock_function)(_GATE_CLASS, sa.func.hashtext(sa.bindparam("workspace_id")))
+    ).cte("gate")
+    return query.where(sa.exists(sa.select(sa.literal_column("1")).select_from(gate)))
+
+
 _SETTINGS_QUERIES = {
     Lock.NONE: _SETTINGS_QUERY,
-    Lock.SHARE: _SETTINGS_QUERY.with_for_update(read=True),
-    Lock.UPDATE: _SETTINGS_QUERY.with_for_update(key_share=True),  # FOR NO KEY UPDATE
+    Lock.SHARE: _gated(_SETTINGS_QUERY, "pg_advisory_xact_lock_shared").with_for_update(read=True),
+    Lock.UPDATE: _gated(_SETTINGS_QUERY, "pg_advisory_xact_lock").with_for_update(key_share=True),  # FOR NO KEY UPDATE
 }
 _FIND_PEOPLE = (
     sa.select(*_PERSON_COLUMNS)
