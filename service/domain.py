@@ -70,6 +70,7 @@ class IdentifyInput:
     email: str | None = None
     attributes: Mapping[str, JsonValue] = field(default_factory=dict)
     update_only: bool = False
+    from_import: bool = False  # a row of a bulk import (R25)
 
 
 class Outcome(enum.Enum):

@@ -11,9 +11,9 @@ import grpc
 
 from identity.v1 import identity_pb2 as pb
 from identity.v1 import identity_pb2_grpc as pb_grpc
-from service import convert
+from service import convert, csv_import
 from service.errors import DomainError
-from service.status import to_status
+from service.status import to_status, to_status_proto
 from service.usecases import IdentityService
 
 R = TypeVar("R")
@@ -93,6 +93,22 @@ class IdentityServicer(pb_grpc.IdentityServiceServicer):
             request.workspace_id, convert.ref_from_pb(request.person, request.HasField("person"))
         )
         return pb.DeletePersonResponse(cio_id=cio_id)
+
+
+    @refusals_as_status(pb.ImportPeopleResponse)
+    def ImportPeople(self, request: pb.ImportPeopleRequest, context: grpc.ServicerContext) -> pb.ImportPeopleResponse:
+        rows = csv_import.parse(request.workspace_id, request.csv)
+        response = pb.ImportPeopleResponse()
+        for number, result in self.service.import_people(request.workspace_id, rows):
+            row = response.rows.add(row=number)
+            if isinstance(result, DomainError):
+                row.error.CopyFrom(to_status_proto(result))
+                response.refused_count += 1
+            else:
+                row.outcome = convert.OUTCOME_TO_PB[result.outcome.value]
+                row.cio_id = result.person.cio_id
+                response.applied_count += 1
+        return response
 
 
 class WorkspaceServicer(pb_grpc.WorkspaceServiceServicer):

@@ -31,6 +31,10 @@ def code_of(error: errors.DomainError) -> int:
 
 
 def to_status(error: errors.DomainError) -> grpc.Status:
+    return rpc_status.to_status(to_status_proto(error))
+
+
+def to_status_proto(error: errors.DomainError) -> status_pb2.Status:
     status = status_pb2.Status(code=code_of(error), message=error.message)
     info = error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=error.metadata)
     detail = any_pb2.Any()
@@ -48,4 +52,4 @@ def to_status(error: errors.DomainError) -> grpc.Status:
         detail = any_pb2.Any()
         detail.Pack(bad_request)
         status.details.append(detail)
-    return rpc_status.to_status(status)
+    return status

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from service.db.repository import Lock, Repository
 from service.db.transaction import run_in_transaction
 from service.domain import Field, IdentifyInput, IdentifyResult, Person, Ref, Settings
-from service.errors import AlreadyExists, NotFound, Unavailable
+from service.errors import AlreadyExists, DeadlineExceeded, DomainError, NotFound, Unavailable
 from service.rules import identifiers, identify, modes
 from service.rules.changes import Change, Lookup, Write
 from service.rules.validation import check_workspace_id, new_cio_id, raise_if
@@ -116,6 +116,23 @@ class IdentityService:
             lambda s, people: identifiers.decide_delete_person(s, ref, people),
         )
         return change.person.cio_id
+
+    def import_people(
+        self, workspace_id: str, rows: list[tuple[int, IdentifyInput]]
+    ) -> list[tuple[int, IdentifyResult | DomainError]]:
+        """Each row as an Identify in its own transaction (R25 applies: the rows are marked as
+        an import); a refused row is reported and the others still apply. An unknown workspace
+        refuses the whole import; so does the database going away (rows applied so far stay)."""
+        self.get_settings(workspace_id)  # R8, before any row
+        results: list[tuple[int, IdentifyResult | DomainError]] = []
+        for number, row in rows:
+            try:
+                results.append((number, self.identify(row)))
+            except (Unavailable, DeadlineExceeded):
+                raise
+            except DomainError as refusal:
+                results.append((number, refusal))
+        return results
 
     def get_person(self, workspace_id: str, ref: Ref) -> Person:
         raise_if(check_workspace_id(workspace_id))

@@ -114,7 +114,7 @@ def decide_identify(
     """R10-R15: what Identify does, given the people found by identify_lookup."""
     parts = _split(settings, req)
     if req.cio_id is not None:
-        return _identify_by_cio_id(settings, req.cio_id, parts, people, now)
+        return _identify_by_cio_id(settings, req, parts, people, now)
 
     a = find(people, Field.ID, parts.id)  # R11: the person whose id matches
     b = find(people, Field.EMAIL, parts.email)  # R11: the person whose email matches
@@ -156,14 +156,23 @@ def decide_identify(
 
 
 def _identify_by_cio_id(
-    settings: Settings, cio_id: str, parts: _Parts, people: list[Person], now: datetime
+    settings: Settings, req: IdentifyInput, parts: _Parts, people: list[Person], now: datetime
 ) -> tuple[Change, Outcome]:
     """R10: the person must exist; id and email are changes through a cio_id reference,
     judged by R20-R23, and R24 for values owned by someone else."""
-    person = find(people, Field.CIO_ID, cio_id)
+    person = find(people, Field.CIO_ID, req.cio_id)
     if person is None:
-        raise NotFound("PERSON_NOT_FOUND", f"no person with cio_id {cio_id!r}", {"field": "cio_id"})
+        raise NotFound("PERSON_NOT_FOUND", f"no person with cio_id {req.cio_id!r}", {"field": "cio_id"})
     new_id = new_email = None
+    if req.from_import and parts.id is not None and person.id is not None and parts.id != person.id:
+        # R25: only a cio_id reference outside an import can change an id (this is the only
+        # way Identify could, R11 refusing it by email).
+        raise FailedPrecondition(
+            "ID_CHANGE_IN_IMPORT",
+            "an import never changes an existing person's id; change it with UpdateIdentifier "
+            "through a cio_id reference",
+            {"field": "id", "cio_id": person.cio_id},
+        )
     if parts.id is not None:
         owner = find(people, Field.ID, parts.id)
         if judge_identifier_change(settings, person, Field.ID, parts.id, Field.CIO_ID, owner):

@@ -1034,3 +1034,39 @@ def test_r24_r31_repeating_a_successful_identifier_change_writes_nothing(setting
         # value its reference used): an equal value (R24) or an absent one (R31) writes nothing.
         again = world.run(replace(op, ref_field=Field.CIO_ID, ref_cio=world.people.index(change.person)))
         assert again.write is Write.NONE and again.person == change.person, (op, change, again)
+
+
+# --------------------------------------------------------------------------- R25
+
+
+def test_r25_an_import_row_never_changes_an_existing_id():
+    p = person(CIO_A, id="ab100", email="p@example.com")
+    err = expect_refusal(
+        FailedPrecondition,
+        "ID_CHANGE_IN_IMPORT",
+        lambda: identify(ws(), [p], cio_id=CIO_A, id="cd200", from_import=True),
+        field="id",
+        cio_id=CIO_A,
+    )
+    assert "never changes an existing person's id" in err.message
+    # The same change outside an import is allowed through the cio_id (R21).
+    change, outcome = identify(ws(), [p], cio_id=CIO_A, id="cd200")
+    assert outcome is Outcome.UPDATED and change.person.id == "cd200"
+
+
+def test_r25_an_import_row_may_set_a_missing_id_and_repeat_the_same_one():
+    p = person(CIO_A, email="p@example.com")
+    change, outcome = identify(ws(), [p], cio_id=CIO_A, id="ab100", from_import=True)
+    assert outcome is Outcome.UPDATED and change.person.id == "ab100"
+    q = person(CIO_A, id="ab100")
+    change, outcome = identify(ws(), [q], cio_id=CIO_A, id="ab100", from_import=True, attributes={"n": 1})
+    assert outcome is Outcome.UPDATED and change.person.id == "ab100"
+
+
+def test_r25_an_import_row_by_email_cannot_change_an_id_either():
+    p = person(CIO_A, id="ab100", email="p@example.com")
+    expect_refusal(
+        FailedPrecondition,
+        "ID_CHANGE_REQUIRES_CIO_ID",
+        lambda: identify(ws(), [p], id="cd200", email="P@example.com", from_import=True),
+    )

@@ -25,61 +25,68 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aidentity/v1/identity.proto\x12\x0bidentity.v1\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"C\n\tPersonRef\x12\x10\n\x06\x63io_id\x18\x01 \x01(\tH\x00\x12\x0c\n\x02id\x18\x02 \x01(\tH\x00\x12\x0f\n\x05\x65mail\x18\x03 \x01(\tH\x00\x42\x05\n\x03ref\"\xdd\x01\n\x06Person\x12\x0e\n\x06\x63io_id\x18\x01 \x01(\t\x12\x0f\n\x02id\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x12\n\x05\x65mail\x18\x03 \x01(\tH\x01\x88\x01\x01\x12+\n\nattributes\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x05\n\x03_idB\x08\n\x06_email\"\xbf\x01\n\x0fIdentifyRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12\x13\n\x06\x63io_id\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x0f\n\x02id\x18\x03 \x01(\tH\x01\x88\x01\x01\x12\x12\n\x05\x65mail\x18\x04 \x01(\tH\x02\x88\x01\x01\x12+\n\nattributes\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x13\n\x0bupdate_only\x18\x06 \x01(\x08\x42\t\n\x07_cio_idB\x05\n\x03_idB\x08\n\x06_email\"~\n\x10IdentifyResponse\x12#\n\x06person\x18\x01 \x01(\x0b\x32\x13.identity.v1.Person\x12-\n\x07outcome\x18\x02 \x01(\x0e\x32\x1c.identity.v1.IdentifyOutcome\x12\x16\n\x0emerged_cio_ids\x18\x03 \x03(\t\"\x97\x01\n\x17UpdateIdentifierRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12&\n\x06person\x18\x02 \x01(\x0b\x32\x16.identity.v1.PersonRef\x12/\n\nidentifier\x18\x03 \x01(\x0e\x32\x1b.identity.v1.IdentifierType\x12\r\n\x05value\x18\x04 \x01(\t\"?\n\x18UpdateIdentifierResponse\x12#\n\x06person\x18\x01 \x01(\x0b\x32\x13.identity.v1.Person\"\x88\x01\n\x17\x44\x65leteIdentifierRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12&\n\x06person\x18\x02 \x01(\x0b\x32\x16.identity.v1.PersonRef\x12/\n\nidentifier\x18\x03 \x01(\x0e\x32\x1b.identity.v1.IdentifierType\"?\n\x18\x44\x65leteIdentifierResponse\x12#\n\x06person\x18\x01 \x01(\x0b\x32\x13.identity.v1.Person\"*\n\x12GetSettingsRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\"G\n\x13GetSettingsResponse\x12\x30\n\x08settings\x18\x01 \x01(\x0b\x32\x1e.identity.v1.WorkspaceSettings\"\xb5\x01\n\x11WorkspaceSettings\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12\x34\n\x0fidentifier_mode\x18\x02 \x01(\x0e\x32\x1b.identity.v1.IdentifierMode\x12\x1d\n\x15\x65mail_updatable_by_id\x18\x03 \x01(\x08\x12!\n\x19sole_identifier_updatable\x18\x04 \x01(\x08\x12\x12\n\nauto_merge\x18\x05 \x01(\x08\"P\n\x10GetPersonRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12&\n\x06person\x18\x02 \x01(\x0b\x32\x16.identity.v1.PersonRef\"8\n\x11GetPersonResponse\x12#\n\x06person\x18\x01 \x01(\x0b\x32\x13.identity.v1.Person\"S\n\x13\x44\x65letePersonRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12&\n\x06person\x18\x02 \x01(\x0b\x32\x16.identity.v1.PersonRef\"&\n\x14\x44\x65letePersonResponse\x12\x0e\n\x06\x63io_id\x18\x01 \x01(\t\"`\n\x16\x43reateWorkspaceRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12\x30\n\x08settings\x18\x02 \x01(\x0b\x32\x1e.identity.v1.WorkspaceSettings\"K\n\x17\x43reateWorkspaceResponse\x12\x30\n\x08settings\x18\x01 \x01(\x0b\x32\x1e.identity.v1.WorkspaceSettings\"\xa7\x01\n\x15UpdateSettingsRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12\x30\n\x08settings\x18\x02 \x01(\x0b\x32\x1e.identity.v1.WorkspaceSettings\x12/\n\x0bupdate_mask\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x15\n\rvalidate_only\x18\x04 \x01(\x08\"J\n\x16UpdateSettingsResponse\x12\x30\n\x08settings\x18\x01 \x01(\x0b\x32\x1e.identity.v1.WorkspaceSettings*\x80\x01\n\x0eIdentifierType\x12\x1f\n\x1bIDENTIFIER_TYPE_UNSPECIFIED\x10\x00\x12\x16\n\x12IDENTIFIER_TYPE_ID\x10\x01\x12\x19\n\x15IDENTIFIER_TYPE_EMAIL\x10\x02\x12\x1a\n\x16IDENTIFIER_TYPE_CIO_ID\x10\x03*\xac\x01\n\x0fIdentifyOutcome\x12 \n\x1cIDENTIFY_OUTCOME_UNSPECIFIED\x10\x00\x12\x1c\n\x18IDENTIFY_OUTCOME_CREATED\x10\x01\x12\x1c\n\x18IDENTIFY_OUTCOME_UPDATED\x10\x02\x12\x1b\n\x17IDENTIFY_OUTCOME_MERGED\x10\x03\x12\x1e\n\x1aIDENTIFY_OUTCOME_UNCHANGED\x10\x04*\x8f\x01\n\x0eIdentifierMode\x12\x1f\n\x1bIDENTIFIER_MODE_UNSPECIFIED\x10\x00\x12\x1f\n\x1bIDENTIFIER_MODE_EMAIL_OR_ID\x10\x01\x12\x1b\n\x17IDENTIFIER_MODE_ID_ONLY\x10\x02\x12\x1e\n\x1aIDENTIFIER_MODE_EMAIL_ONLY\x10\x03\x32\x8f\x04\n\x0fIdentityService\x12G\n\x08Identify\x12\x1c.identity.v1.IdentifyRequest\x1a\x1d.identity.v1.IdentifyResponse\x12_\n\x10UpdateIdentifier\x12$.identity.v1.UpdateIdentifierRequest\x1a%.identity.v1.UpdateIdentifierResponse\x12_\n\x10\x44\x65leteIdentifier\x12$.identity.v1.DeleteIdentifierRequest\x1a%.identity.v1.DeleteIdentifierResponse\x12P\n\x0bGetSettings\x12\x1f.identity.v1.GetSettingsRequest\x1a .identity.v1.GetSettingsResponse\x12J\n\tGetPerson\x12\x1d.identity.v1.GetPersonRequest\x1a\x1e.identity.v1.GetPersonResponse\x12S\n\x0c\x44\x65letePerson\x12 .identity.v1.DeletePersonRequest\x1a!.identity.v1.DeletePersonResponse2\xcb\x01\n\x10WorkspaceService\x12\\\n\x0f\x43reateWorkspace\x12#.identity.v1.CreateWorkspaceRequest\x1a$.identity.v1.CreateWorkspaceResponse\x12Y\n\x0eUpdateSettings\x12\".identity.v1.UpdateSettingsRequest\x1a#.identity.v1.UpdateSettingsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aidentity/v1/identity.proto\x12\x0bidentity.v1\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"C\n\tPersonRef\x12\x10\n\x06\x63io_id\x18\x01 \x01(\tH\x00\x12\x0c\n\x02id\x18\x02 \x01(\tH\x00\x12\x0f\n\x05\x65mail\x18\x03 \x01(\tH\x00\x42\x05\n\x03ref\"\xdd\x01\n\x06Person\x12\x0e\n\x06\x63io_id\x18\x01 \x01(\t\x12\x0f\n\x02id\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x12\n\x05\x65mail\x18\x03 \x01(\tH\x01\x88\x01\x01\x12+\n\nattributes\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x05\n\x03_idB\x08\n\x06_email\"\xbf\x01\n\x0fIdentifyRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12\x13\n\x06\x63io_id\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x0f\n\x02id\x18\x03 \x01(\tH\x01\x88\x01\x01\x12\x12\n\x05\x65mail\x18\x04 \x01(\tH\x02\x88\x01\x01\x12+\n\nattributes\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x13\n\x0bupdate_only\x18\x06 \x01(\x08\x42\t\n\x07_cio_idB\x05\n\x03_idB\x08\n\x06_email\"~\n\x10IdentifyResponse\x12#\n\x06person\x18\x01 \x01(\x0b\x32\x13.identity.v1.Person\x12-\n\x07outcome\x18\x02 \x01(\x0e\x32\x1c.identity.v1.IdentifyOutcome\x12\x16\n\x0emerged_cio_ids\x18\x03 \x03(\t\"\x97\x01\n\x17UpdateIdentifierRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12&\n\x06person\x18\x02 \x01(\x0b\x32\x16.identity.v1.PersonRef\x12/\n\nidentifier\x18\x03 \x01(\x0e\x32\x1b.identity.v1.IdentifierType\x12\r\n\x05value\x18\x04 \x01(\t\"?\n\x18UpdateIdentifierResponse\x12#\n\x06person\x18\x01 \x01(\x0b\x32\x13.identity.v1.Person\"\x88\x01\n\x17\x44\x65leteIdentifierRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12&\n\x06person\x18\x02 \x01(\x0b\x32\x16.identity.v1.PersonRef\x12/\n\nidentifier\x18\x03 \x01(\x0e\x32\x1b.identity.v1.IdentifierType\"?\n\x18\x44\x65leteIdentifierResponse\x12#\n\x06person\x18\x01 \x01(\x0b\x32\x13.identity.v1.Person\"*\n\x12GetSettingsRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\"G\n\x13GetSettingsResponse\x12\x30\n\x08settings\x18\x01 \x01(\x0b\x32\x1e.identity.v1.WorkspaceSettings\"\xb5\x01\n\x11WorkspaceSettings\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12\x34\n\x0fidentifier_mode\x18\x02 \x01(\x0e\x32\x1b.identity.v1.IdentifierMode\x12\x1d\n\x15\x65mail_updatable_by_id\x18\x03 \x01(\x08\x12!\n\x19sole_identifier_updatable\x18\x04 \x01(\x08\x12\x12\n\nauto_merge\x18\x05 \x01(\x08\"P\n\x10GetPersonRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12&\n\x06person\x18\x02 \x01(\x0b\x32\x16.identity.v1.PersonRef\"8\n\x11GetPersonResponse\x12#\n\x06person\x18\x01 \x01(\x0b\x32\x13.identity.v1.Person\"S\n\x13\x44\x65letePersonRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12&\n\x06person\x18\x02 \x01(\x0b\x32\x16.identity.v1.PersonRef\"8\n\x13ImportPeopleRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12\x0b\n\x03\x63sv\x18\x02 \x01(\x0c\"p\n\x14ImportPeopleResponse\x12*\n\x04rows\x18\x01 \x03(\x0b\x32\x1c.identity.v1.ImportRowResult\x12\x15\n\rapplied_count\x18\x02 \x01(\x05\x12\x15\n\rrefused_count\x18\x03 \x01(\x05\"\x80\x01\n\x0fImportRowResult\x12\x0b\n\x03row\x18\x01 \x01(\x05\x12-\n\x07outcome\x18\x02 \x01(\x0e\x32\x1c.identity.v1.IdentifyOutcome\x12\x0e\n\x06\x63io_id\x18\x03 \x01(\t\x12!\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x12.google.rpc.Status\"&\n\x14\x44\x65letePersonResponse\x12\x0e\n\x06\x63io_id\x18\x01 \x01(\t\"`\n\x16\x43reateWorkspaceRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12\x30\n\x08settings\x18\x02 \x01(\x0b\x32\x1e.identity.v1.WorkspaceSettings\"K\n\x17\x43reateWorkspaceResponse\x12\x30\n\x08settings\x18\x01 \x01(\x0b\x32\x1e.identity.v1.WorkspaceSettings\"\xa7\x01\n\x15UpdateSettingsRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12\x30\n\x08settings\x18\x02 \x01(\x0b\x32\x1e.identity.v1.WorkspaceSettings\x12/\n\x0bupdate_mask\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x15\n\rvalidate_only\x18\x04 \x01(\x08\"J\n\x16UpdateSettingsResponse\x12\x30\n\x08settings\x18\x01 \x01(\x0b\x32\x1e.identity.v1.WorkspaceSettings*\x80\x01\n\x0eIdentifierType\x12\x1f\n\x1bIDENTIFIER_TYPE_UNSPECIFIED\x10\x00\x12\x16\n\x12IDENTIFIER_TYPE_ID\x10\x01\x12\x19\n\x15IDENTIFIER_TYPE_EMAIL\x10\x02\x12\x1a\n\x16IDENTIFIER_TYPE_CIO_ID\x10\x03*\xac\x01\n\x0fIdentifyOutcome\x12 \n\x1cIDENTIFY_OUTCOME_UNSPECIFIED\x10\x00\x12\x1c\n\x18IDENTIFY_OUTCOME_CREATED\x10\x01\x12\x1c\n\x18IDENTIFY_OUTCOME_UPDATED\x10\x02\x12\x1b\n\x17IDENTIFY_OUTCOME_MERGED\x10\x03\x12\x1e\n\x1aIDENTIFY_OUTCOME_UNCHANGED\x10\x04*\x8f\x01\n\x0eIdentifierMode\x12\x1f\n\x1bIDENTIFIER_MODE_UNSPECIFIED\x10\x00\x12\x1f\n\x1bIDENTIFIER_MODE_EMAIL_OR_ID\x10\x01\x12\x1b\n\x17IDENTIFIER_MODE_ID_ONLY\x10\x02\x12\x1e\n\x1aIDENTIFIER_MODE_EMAIL_ONLY\x10\x03\x32\xe4\x04\n\x0fIdentityService\x12G\n\x08Identify\x12\x1c.identity.v1.IdentifyRequest\x1a\x1d.identity.v1.IdentifyResponse\x12_\n\x10UpdateIdentifier\x12$.identity.v1.UpdateIdentifierRequest\x1a%.identity.v1.UpdateIdentifierResponse\x12_\n\x10\x44\x65leteIdentifier\x12$.identity.v1.DeleteIdentifierRequest\x1a%.identity.v1.DeleteIdentifierResponse\x12P\n\x0bGetSettings\x12\x1f.identity.v1.GetSettingsRequest\x1a .identity.v1.GetSettingsResponse\x12J\n\tGetPerson\x12\x1d.identity.v1.GetPersonRequest\x1a\x1e.identity.v1.GetPersonResponse\x12S\n\x0c\x44\x65letePerson\x12 .identity.v1.DeletePersonRequest\x1a!.identity.v1.DeletePersonResponse\x12S\n\x0cImportPeople\x12 .identity.v1.ImportPeopleRequest\x1a!.identity.v1.ImportPeopleResponse2\xcb\x01\n\x10WorkspaceService\x12\\\n\x0f\x43reateWorkspace\x12#.identity.v1.CreateWorkspaceRequest\x1a$.identity.v1.CreateWorkspaceResponse\x12Y\n\x0eUpdateSettings\x12\".identity.v1.UpdateSettingsRequest\x1a#.identity.v1.UpdateSettingsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'identity.v1.identity_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_IDENTIFIERTYPE']._serialized_start=2166
-  _globals['_IDENTIFIERTYPE']._serialized_end=2294
-  _globals['_IDENTIFYOUTCOME']._serialized_start=2297
-  _globals['_IDENTIFYOUTCOME']._serialized_end=2469
-  _globals['_IDENTIFIERMODE']._serialized_start=2472
-  _globals['_IDENTIFIERMODE']._serialized_end=2615
-  _globals['_PERSONREF']._serialized_start=140
-  _globals['_PERSONREF']._serialized_end=207
-  _globals['_PERSON']._serialized_start=210
-  _globals['_PERSON']._serialized_end=431
-  _globals['_IDENTIFYREQUEST']._serialized_start=434
-  _globals['_IDENTIFYREQUEST']._serialized_end=625
-  _globals['_IDENTIFYRESPONSE']._serialized_start=627
-  _globals['_IDENTIFYRESPONSE']._serialized_end=753
-  _globals['_UPDATEIDENTIFIERREQUEST']._serialized_start=756
-  _globals['_UPDATEIDENTIFIERREQUEST']._serialized_end=907
-  _globals['_UPDATEIDENTIFIERRESPONSE']._serialized_start=909
-  _globals['_UPDATEIDENTIFIERRESPONSE']._serialized_end=972
-  _globals['_DELETEIDENTIFIERREQUEST']._serialized_start=975
-  _globals['_DELETEIDENTIFIERREQUEST']._serialized_end=1111
-  _globals['_DELETEIDENTIFIERRESPONSE']._serialized_start=1113
-  _globals['_DELETEIDENTIFIERRESPONSE']._serialized_end=1176
-  _globals['_GETSETTINGSREQUEST']._serialized_start=1178
-  _globals['_GETSETTINGSREQUEST']._serialized_end=1220
-  _globals['_GETSETTINGSRESPONSE']._serialized_start=1222
-  _globals['_GETSETTINGSRESPONSE']._serialized_end=1293
-  _globals['_WORKSPACESETTINGS']._serialized_start=1296
-  _globals['_WORKSPACESETTINGS']._serialized_end=1477
-  _globals['_GETPERSONREQUEST']._serialized_start=1479
-  _globals['_GETPERSONREQUEST']._serialized_end=1559
-  _globals['_GETPERSONRESPONSE']._serialized_start=1561
-  _globals['_GETPERSONRESPONSE']._serialized_end=1617
-  _globals['_DELETEPERSONREQUEST']._serialized_start=1619
-  _globals['_DELETEPERSONREQUEST']._serialized_end=1702
-  _globals['_DELETEPERSONRESPONSE']._serialized_start=1704
-  _globals['_DELETEPERSONRESPONSE']._serialized_end=1742
-  _globals['_CREATEWORKSPACEREQUEST']._serialized_start=1744
-  _globals['_CREATEWORKSPACEREQUEST']._serialized_end=1840
-  _globals['_CREATEWORKSPACERESPONSE']._serialized_start=1842
-  _globals['_CREATEWORKSPACERESPONSE']._serialized_end=1917
-  _globals['_UPDATESETTINGSREQUEST']._serialized_start=1920
-  _globals['_UPDATESETTINGSREQUEST']._serialized_end=2087
-  _globals['_UPDATESETTINGSRESPONSE']._serialized_start=2089
-  _globals['_UPDATESETTINGSRESPONSE']._serialized_end=2163
-  _globals['_IDENTITYSERVICE']._serialized_start=2618
-  _globals['_IDENTITYSERVICE']._serialized_end=3145
-  _globals['_WORKSPACESERVICE']._serialized_start=3148
-  _globals['_WORKSPACESERVICE']._serialized_end=3351
+  _globals['_IDENTIFIERTYPE']._serialized_start=2494
+  _globals['_IDENTIFIERTYPE']._serialized_end=2622
+  _globals['_IDENTIFYOUTCOME']._serialized_start=2625
+  _globals['_IDENTIFYOUTCOME']._serialized_end=2797
+  _globals['_IDENTIFIERMODE']._serialized_start=2800
+  _globals['_IDENTIFIERMODE']._serialized_end=2943
+  _globals['_PERSONREF']._serialized_start=165
+  _globals['_PERSONREF']._serialized_end=232
+  _globals['_PERSON']._serialized_start=235
+  _globals['_PERSON']._serialized_end=456
+  _globals['_IDENTIFYREQUEST']._serialized_start=459
+  _globals['_IDENTIFYREQUEST']._serialized_end=650
+  _globals['_IDENTIFYRESPONSE']._serialized_start=652
+  _globals['_IDENTIFYRESPONSE']._serialized_end=778
+  _globals['_UPDATEIDENTIFIERREQUEST']._serialized_start=781
+  _globals['_UPDATEIDENTIFIERREQUEST']._serialized_end=932
+  _globals['_UPDATEIDENTIFIERRESPONSE']._serialized_start=934
+  _globals['_UPDATEIDENTIFIERRESPONSE']._serialized_end=997
+  _globals['_DELETEIDENTIFIERREQUEST']._serialized_start=1000
+  _globals['_DELETEIDENTIFIERREQUEST']._serialized_end=1136
+  _globals['_DELETEIDENTIFIERRESPONSE']._serialized_start=1138
+  _globals['_DELETEIDENTIFIERRESPONSE']._serialized_end=1201
+  _globals['_GETSETTINGSREQUEST']._serialized_start=1203
+  _globals['_GETSETTINGSREQUEST']._serialized_end=1245
+  _globals['_GETSETTINGSRESPONSE']._serialized_start=1247
+  _globals['_GETSETTINGSRESPONSE']._serialized_end=1318
+  _globals['_WORKSPACESETTINGS']._serialized_start=1321
+  _globals['_WORKSPACESETTINGS']._serialized_end=1502
+  _globals['_GETPERSONREQUEST']._serialized_start=1504
+  _globals['_GETPERSONREQUEST']._serialized_end=1584
+  _globals['_GETPERSONRESPONSE']._serialized_start=1586
+  _globals['_GETPERSONRESPONSE']._serialized_end=1642
+  _globals['_DELETEPERSONREQUEST']._serialized_start=1644
+  _globals['_DELETEPERSONREQUEST']._serialized_end=1727
+  _globals['_IMPORTPEOPLEREQUEST']._serialized_start=1729
+  _globals['_IMPORTPEOPLEREQUEST']._serialized_end=1785
+  _globals['_IMPORTPEOPLERESPONSE']._serialized_start=1787
+  _globals['_IMPORTPEOPLERESPONSE']._serialized_end=1899
+  _globals['_IMPORTROWRESULT']._serialized_start=1902
+  _globals['_IMPORTROWRESULT']._serialized_end=2030
+  _globals['_DELETEPERSONRESPONSE']._serialized_start=2032
+  _globals['_DELETEPERSONRESPONSE']._serialized_end=2070
+  _globals['_CREATEWORKSPACEREQUEST']._serialized_start=2072
+  _globals['_CREATEWORKSPACEREQUEST']._serialized_end=2168
+  _globals['_CREATEWORKSPACERESPONSE']._serialized_start=2170
+  _globals['_CREATEWORKSPACERESPONSE']._serialized_end=2245
+  _globals['_UPDATESETTINGSREQUEST']._serialized_start=2248
+  _globals['_UPDATESETTINGSREQUEST']._serialized_end=2415
+  _globals['_UPDATESETTINGSRESPONSE']._serialized_start=2417
+  _globals['_UPDATESETTINGSRESPONSE']._serialized_end=2491
+  _globals['_IDENTITYSERVICE']._serialized_start=2946
+  _globals['_IDENTITYSERVICE']._serialized_end=3558
+  _globals['_WORKSPACESERVICE']._serialized_start=3561
+  _globals['_WORKSPACESERVICE']._serialized_end=3764
 # @@protoc_insertion_point(module_scope)

@@ -3,6 +3,7 @@ import datetime
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.rpc import status_pb2 as _status_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -180,6 +181,36 @@ class DeletePersonRequest(_message.Message):
     workspace_id: str
     person: PersonRef
     def __init__(self, workspace_id: _Optional[str] = ..., person: _Optional[_Union[PersonRef, _Mapping]] = ...) -> None: ...
+
+class ImportPeopleRequest(_message.Message):
+    __slots__ = ("workspace_id", "csv")
+    WORKSPACE_ID_FIELD_NUMBER: _ClassVar[int]
+    CSV_FIELD_NUMBER: _ClassVar[int]
+    workspace_id: str
+    csv: bytes
+    def __init__(self, workspace_id: _Optional[str] = ..., csv: _Optional[bytes] = ...) -> None: ...
+
+class ImportPeopleResponse(_message.Message):
+    __slots__ = ("rows", "applied_count", "refused_count")
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    rows: _containers.RepeatedCompositeFieldContainer[ImportRowResult]
+    applied_count: int
+    refused_count: int
+    def __init__(self, rows: _Optional[_Iterable[_Union[ImportRowResult, _Mapping]]] = ..., applied_count: _Optional[int] = ..., refused_count: _Optional[int] = ...) -> None: ...
+
+class ImportRowResult(_message.Message):
+    __slots__ = ("row", "outcome", "cio_id", "error")
+    ROW_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    CIO_ID_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    row: int
+    outcome: IdentifyOutcome
+    cio_id: str
+    error: _status_pb2.Status
+    def __init__(self, row: _Optional[int] = ..., outcome: _Optional[_Union[IdentifyOutcome, str]] = ..., cio_id: _Optional[str] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ...) -> None: ...
 
 class DeletePersonResponse(_message.Message):
     __slots__ = ("cio_id",)

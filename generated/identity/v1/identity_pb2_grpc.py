@@ -65,6 +65,11 @@ class IdentityServiceStub:
                 request_serializer=identity_dot_v1_dot_identity__pb2.DeletePersonRequest.SerializeToString,
                 response_deserializer=identity_dot_v1_dot_identity__pb2.DeletePersonResponse.FromString,
                 _registered_method=True)
+        self.ImportPeople = channel.unary_unary(
+                '/identity.v1.IdentityService/ImportPeople',
+                request_serializer=identity_dot_v1_dot_identity__pb2.ImportPeopleRequest.SerializeToString,
+                response_deserializer=identity_dot_v1_dot_identity__pb2.ImportPeopleResponse.FromString,
+                _registered_method=True)
 
 
 class IdentityServiceServicer:
@@ -115,6 +120,16 @@ class IdentityServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ImportPeople(self, request, context):
+        """Imports people from a CSV file. Each row is identified as by Identify (R9-R15), in its own
+        transaction, except that an import never changes an existing person's id (R25). A malformed
+        file is refused whole (INVALID_ARGUMENT, field "csv"); a refused row is reported in its
+        result and the other rows still apply.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IdentityServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -147,6 +162,11 @@ def add_IdentityServiceServicer_to_server(servicer, server):
                     servicer.DeletePerson,
                     request_deserializer=identity_dot_v1_dot_identity__pb2.DeletePersonRequest.FromString,
                     response_serializer=identity_dot_v1_dot_identity__pb2.DeletePersonResponse.SerializeToString,
+            ),
+            'ImportPeople': grpc.unary_unary_rpc_method_handler(
+                    servicer.ImportPeople,
+                    request_deserializer=identity_dot_v1_dot_identity__pb2.ImportPeopleRequest.FromString,
+                    response_serializer=identity_dot_v1_dot_identity__pb2.ImportPeopleResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -312,6 +332,33 @@ class IdentityService:
             '/identity.v1.IdentityService/DeletePerson',
             identity_dot_v1_dot_identity__pb2.DeletePersonRequest.SerializeToString,
             identity_dot_v1_dot_identity__pb2.DeletePersonResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportPeople(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/identity.v1.IdentityService/ImportPeople',
+            identity_dot_v1_dot_identity__pb2.ImportPeopleRequest.SerializeToString,
+            identity_dot_v1_dot_identity__pb2.ImportPeopleResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,55 @@
+"""Reads the CSV of ImportPeople into Identify requests. Shapes only: each row is then decided
+by the rules core like an Identify, as a row of an import (R25)."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+from service.domain import IdentifyInput
+from service.errors import invalid
+
+MAX_ROWS = 10_000
+FIELD = "csv"
+
+
+def parse(workspace_id: str, data: bytes) -> list[tuple[int, IdentifyInput]]:
+    """The data rows as (row number, request); a malformed file is refused whole."""
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise invalid(FIELD, f"must be UTF-8 ({error.reason} at byte {error.start})", "INVALID_CSV") from error
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = [name.strip() for name in next(reader)]
+        rows = []
+        for number, cells in enumerate(reader, start=1):
+            if not cells:
+                continue  # a blank line
+            if number > MAX_ROWS:
+                raise invalid(FIELD, f"must have at most {MAX_ROWS} data rows", "TOO_MANY_ROWS")
+            if len(cells) != len(header):
+                raise invalid(
+                    FIELD, f"row {number} has {len(cells)} cells; the header has {len(header)}", "INVALID_CSV"
+                )
+            values = {name: cell for name, cell in zip(header, cells) if cell != ""}
+            rows.append(
+                (
+                    number,
+                    IdentifyInput(
+                        workspace_id,
+                        cio_id=values.pop("cio_id", None),
+                        id=values.pop("id", None),
+                        email=values.pop("email", None),
+                        attributes=values,
+                        from_import=True,
+                    ),
+                )
+            )
+    except StopIteration:
+        raise invalid(FIELD, "must start with a header row", "INVALID_CSV") from None
+    except csv.Error as error:
+        raise invalid(FIELD, f"is not valid CSV: {error}", "INVALID_CSV") from error
+    if "" in header or len(set(header)) != len(header):
+        raise invalid(FIELD, "header names must be non-empty and distinct", "INVALID_CSV")
+    return rows
