@@ -17,8 +17,8 @@ from service.rules.changes import Change, Lookup, Write
 from service.rules.validation import check_workspace_id, new_cio_id, raise_if
 
 T = TypeVar("T")
-MODE_CHANGE_STATEMENT_CAP_S = 600.0
 D = TypeVar("D")
+MODE_CHANGE_STATEMENT_CAP_S = 600.0
 
 
 def _now() -> datetime:
