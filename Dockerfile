@@ -1,5 +1,6 @@
 # The identity service. Build: docker build -t identity-service .
-# Run:   docker run -e DATABASE_URL=postgresql://user@db:5432/identity -p 50051:50051 identity-service
+# Run:   docker run -e DATABASE_URL=postgresql://user@db:5432/identity -e API_KEYS='<key>=*' \
+#          -p 50051:50051 identity-service
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

@@ -47,6 +47,14 @@ class FailedPrecondition(DomainError):
     pass
 
 
+class Unauthenticated(DomainError):
+    """No API key, or an unknown one."""
+
+
+class PermissionDenied(DomainError):
+    """The API key does not grant the workspace."""
+
+
 class Aborted(DomainError):
     """Lost a race after the bounded retries (R41)."""
 

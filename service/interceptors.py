@@ -1,5 +1,5 @@
-"""Cross-cutting server behaviour: one log line per call, metrics, and unexpected exceptions
-turned into INTERNAL with no internals in the message."""
+"""Cross-cutting server behaviour: API keys, one log line per call, metrics, the call's deadline,
+and unexpected exceptions turned into INTERNAL with no internals in the message."""
 
 from __future__ import annotations
 
@@ -10,11 +10,17 @@ from typing import Any, Callable
 import grpc
 
 from service import deadlines, metrics
+from service.auth import ApiKeys
+from service.errors import DomainError
+from service.status import to_status
 
 log = logging.getLogger("identity.calls")
 
 
 class CallInterceptor(grpc.ServerInterceptor):
+    def __init__(self, api_keys: ApiKeys | None = None):
+        self.api_keys = api_keys or ApiKeys({})
+
     def intercept_service(
         self, continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler], details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler:
@@ -29,6 +35,11 @@ class CallInterceptor(grpc.ServerInterceptor):
             start = time.perf_counter()
             token = deadlines.set_remaining(context.time_remaining())
             try:
+                if not quiet:
+                    try:
+                        self.api_keys.check(context.invocation_metadata(), getattr(request, "workspace_id", ""))
+                    except DomainError as refusal:
+                        context.abort_with_status(to_status(refusal))
                 return inner(request, context)
             except Exception:
                 if context.code() in (None, grpc.StatusCode.OK):

@@ -18,6 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from identity.v1 import identity_pb2, identity_pb2_grpc
 from service import reflection
+from service.auth import ApiKeys
 from service.db.engine import create_engine, migrate
 from service.db.monitor import DatabaseMonitor
 from service.domain import Settings
@@ -60,13 +61,14 @@ def create_server(
     threads: int = 8,
     max_concurrent_calls: int | None = 64,
     monitor_interval: float = 0.5,
+    api_keys: ApiKeys | None = None,
 ) -> RunningServer:
     """Builds and starts a server on `address` ("host:port"; port 0 picks a free one).
     Past `max_concurrent_calls` in flight, new calls get RESOURCE_EXHAUSTED instead of queueing.
     The database is pinged every `monitor_interval` seconds: health follows it."""
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="rpc"),
-        interceptors=[CallInterceptor()],
+        interceptors=[CallInterceptor(api_keys)],
         maximum_concurrent_rpcs=max_concurrent_calls,
         options=[("grpc.so_reuseport", 1)],
     )
@@ -134,6 +136,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=int(_env("WORKERS", str(os.cpu_count() or 1))),
         help="server processes sharing the port (SO_REUSEPORT); default: the number of cores",
     )
+    p.add_argument(
+        "--api-keys",
+        type=ApiKeys.parse,
+        default=_env("API_KEYS", ""),
+        help="key=workspace|workspace,key=* (empty: no key needed; for local development only)",
+    )
     p.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
     return p.parse_args(argv)
 
@@ -172,7 +180,13 @@ def serve(args: argparse.Namespace, database_url: str, worker: int = 0) -> int:
         from prometheus_client import start_http_server
 
         start_http_server(args.metrics_port + worker)
-    running = create_server(args.listen, engine, threads=args.threads, max_concurrent_calls=args.max_concurrent_calls)
+    running = create_server(
+        args.listen,
+        engine,
+        threads=args.threads,
+        max_concurrent_calls=args.max_concurrent_calls,
+        api_keys=args.api_keys,
+    )
     log.info("worker %d (pid %d) serving on %s", worker, os.getpid(), args.listen)
 
     stopping = threading.Event()
@@ -274,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.migrate_only:
         return 0
     check_connection_budget(database_url, args.workers, args.pool_size)
+    if not args.api_keys.enabled:
+        log.warning("no API keys configured (API_KEYS): every caller may use every workspace")
     if args.workers <= 1:
         return serve(args, database_url)
     return supervise(args, database_url)

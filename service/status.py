@@ -17,6 +17,8 @@ _CODES: list[tuple[type[errors.DomainError], int]] = [
     (errors.NotFound, code_pb2.NOT_FOUND),
     (errors.AlreadyExists, code_pb2.ALREADY_EXISTS),
     (errors.FailedPrecondition, code_pb2.FAILED_PRECONDITION),
+    (errors.Unauthenticated, code_pb2.UNAUTHENTICATED),
+    (errors.PermissionDenied, code_pb2.PERMISSION_DENIED),
     (errors.Aborted, code_pb2.ABORTED),
     (errors.Unavailable, code_pb2.UNAVAILABLE),
     (errors.DeadlineExceeded, code_pb2.DEADLINE_EXCEEDED),
