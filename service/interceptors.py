@@ -35,7 +35,7 @@ class CallInterceptor(grpc.ServerInterceptor):
             start = time.perf_counter()
             token = deadlines.set_remaining(context.time_remaining())
             try:
-                if not quiet:
+                if self.api_keys.enabled and not quiet:
                     try:
                         self.api_keys.check(context.invocation_metadata(), getattr(request, "workspace_id", ""))
                     except DomainError as refusal:
