@@ -524,6 +524,6 @@ def test_settings_changes_race_writes_that_would_invalidate_them(race_server, en
             assert c.response.settings.identifier_mode == c.tag, c.describe()
     assert switched["IDENTIFIER_MODE_ID_ONLY"] + switched["IDENTIFIER_MODE_EMAIL_ONLY"] > 0, "no mode change succeeded"
     assert sum(r2_refusals.values()) > 0, "no mode change was refused (R2 was not exercised)"
-    # Not starved behind the writers: every settings change answered well within a second.
+    # Not starved behind the writers: every settings change answered within 2 s (about 0.1 s seen).
     slowest = max(c.seconds for c in settings_calls)
-    assert slowest < 1.0, f"a settings change waited {slowest:.2f}s behind the writes"
+    assert slowest < 2.0, f"a settings change waited {slowest:.2f}s behind the writes"
