@@ -12,6 +12,7 @@ from service.errors import AlreadyExists, DomainError, FailedPrecondition, NotFo
 from service.rules import identifiers, modes
 from service.rules.changes import Change, Lookup, Write
 from service.rules.validation import email_key
+from tests.unit.repository_double import stored
 
 # --------------------------------------------------------------------------- builders
 
@@ -43,20 +44,6 @@ def by_id(value: str) -> Ref:
 
 def by_email(value: str) -> Ref:
     return Ref(Field.EMAIL, value)
-
-
-def stored(settings: Settings, lookup: Lookup, people: list[Person]) -> list[Person]:
-    """The repository: the people whose cio_id, id key or email key (per the mode) is looked up."""
-    found = []
-    for p in people:
-        keys = modes.keys_for(settings.mode, p)
-        if (
-            p.cio_id in lookup.cio_ids
-            or (keys.id_key is not None and keys.id_key in lookup.id_keys)
-            or (keys.email_key is not None and keys.email_key in lookup.email_keys)
-        ):
-            found.append(p)
-    return found
 
 
 def update(settings: Settings, people: list[Person], ref: Ref, field: Field, value: str) -> Change:

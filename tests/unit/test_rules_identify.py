@@ -19,6 +19,7 @@ from service.rules.changes import Change, Lookup, Write
 from service.rules.identify import decide_identify, identify_lookup
 from service.rules.modes import Check, CheckResult
 from service.rules.validation import email_key
+from tests.unit.repository_double import stored
 
 # --------------------------------------------------------------------------- builders
 
@@ -39,20 +40,6 @@ def ws(mode: Mode = E, **kw) -> Settings:
 
 def person(cio_id: str = CIO_A, id=None, email=None, attributes=None, created_at: datetime = T0) -> Person:
     return Person(cio_id, id, email, dict(attributes or {}), created_at, created_at)
-
-
-def stored(settings: Settings, lookup: Lookup, people: list[Person]) -> list[Person]:
-    """The repository: the people whose cio_id, id key or email key (per the mode) is looked up."""
-    found = []
-    for p in people:
-        keys = modes.keys_for(settings.mode, p)
-        if (
-            p.cio_id in lookup.cio_ids
-            or (keys.id_key is not None and keys.id_key in lookup.id_keys)
-            or (keys.email_key is not None and keys.email_key in lookup.email_keys)
-        ):
-            found.append(p)
-    return found
 
 
 def identify(settings: Settings, people: list[Person], **fields: Any) -> tuple[Change, Outcome]:
