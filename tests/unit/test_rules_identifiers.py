@@ -9,7 +9,7 @@ import pytest
 
 from service.domain import Field, Mode, Person, Ref, Settings
 from service.errors import AlreadyExists, DomainError, FailedPrecondition, NotFound
-from service.rules import identifiers, modes
+from service.rules import identifiers
 from service.rules.changes import Change, Lookup, Write
 from service.rules.validation import email_key
 from tests.unit.repository_double import stored
