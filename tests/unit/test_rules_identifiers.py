@@ -8,10 +8,11 @@ from datetime import datetime, timezone
 import pytest
 
 from service.domain import Field, Mode, Person, Ref, Settings
-from service.errors import AlreadyExists, DomainError, FailedPrecondition, NotFound
+from service.errors import AlreadyExists, FailedPrecondition, NotFound
 from service.rules import identifiers
 from service.rules.changes import Change, Lookup, Write
 from service.rules.validation import email_key
+from tests.unit.refusals import expect_refusal
 from tests.unit.repository_double import stored
 
 # --------------------------------------------------------------------------- builders
@@ -58,18 +59,6 @@ def delete(settings: Settings, people: list[Person], ref: Ref, field: Field) -> 
     """DeleteIdentifier as the service runs it."""
     lookup = identifiers.delete_identifier_lookup(ref, field)
     return identifiers.decide_delete_identifier(settings, ref, field, stored(settings, lookup, people), NOW)
-
-
-def expect_refusal(cls: type[DomainError], reason: str, call, **metadata: str) -> DomainError:
-    """The call raises exactly `cls` with `reason`, and its metadata holds `metadata`."""
-    with pytest.raises(DomainError) as info:
-        call()
-    err = info.value
-    assert type(err) is cls, f"expected {cls.__name__}, got {type(err).__name__}: {err}"
-    assert err.reason == reason
-    for key, value in metadata.items():
-        assert err.metadata.get(key) == value, (key, err.metadata)
-    return err
 
 
 def assert_updated(change: Change, before: Person, **fields) -> None:

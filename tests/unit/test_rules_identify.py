@@ -19,6 +19,7 @@ from service.rules.changes import Change, Lookup, Write
 from service.rules.identify import decide_identify, identify_lookup
 from service.rules.modes import Check, CheckResult
 from service.rules.validation import email_key
+from tests.unit.refusals import expect_refusal
 from tests.unit.repository_double import stored
 
 # --------------------------------------------------------------------------- builders
@@ -47,18 +48,6 @@ def identify(settings: Settings, people: list[Person], **fields: Any) -> tuple[C
     req = IdentifyInput(WS, **fields)
     lookup = identify_lookup(req)
     return decide_identify(settings, req, stored(settings, lookup, people), NOW, CIO_NEW)
-
-
-def expect_refusal(cls: type[DomainError], reason: str, call, **metadata: str) -> DomainError:
-    """The call raises exactly `cls` with `reason`, and its metadata holds `metadata`."""
-    with pytest.raises(DomainError) as info:
-        call()
-    err = info.value
-    assert type(err) is cls, f"expected {cls.__name__}, got {type(err).__name__}: {err}"
-    assert err.reason == reason
-    for key, value in metadata.items():
-        assert err.metadata.get(key) == value, (key, err.metadata)
-    return err
 
 
 def expect_invalid(call, field: str, reason: str) -> InvalidArgument:
