@@ -34,10 +34,10 @@ class _Parts:
 
 
 def _split(settings: Settings, req: IdentifyInput) -> _Parts:
-    """Validates the request (R3-R6, R9, R12) and splits it by the mode (R1)."""
+    """Validates what depends on the mode (R6's reserved names, R9, R12) and splits the request
+    by it (R1). The shapes of cio_id, id and email were checked by identify_lookup."""
     mode = settings.mode
-    violations = _identifier_shape_violations(req)
-    violations += check_attributes(req.attributes, reserved_attribute_names(mode))
+    violations = check_attributes(req.attributes, reserved_attribute_names(mode))
 
     attributes = dict(req.attributes)
     field_attrs: dict[Field, str | None | _Unset] = {Field.ID: UNSET, Field.EMAIL: UNSET}
@@ -111,7 +111,8 @@ def decide_identify(
     now: datetime,
     new_cio_id: str,
 ) -> tuple[Change, Outcome]:
-    """R10-R15: what Identify does, given the people found by identify_lookup."""
+    """R10-R15: what Identify does, given the people found by identify_lookup (which the request
+    must have passed: it checks the shapes, R3-R5)."""
     parts = _split(settings, req)
     if req.cio_id is not None:
         return _identify_by_cio_id(settings, req, parts, people, now)
