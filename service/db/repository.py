@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
-from typing import Iterable
+from typing import Any, Iterable, Sequence
 
 import psycopg
 import sqlalchemy as sa
@@ -45,18 +45,9 @@ class Lock(enum.Enum):
     UPDATE = "UPDATE"
 
 
-def _settings_from_tuple(row: tuple) -> Settings:
+def _settings(row: Sequence[Any]) -> Settings:
+    """From the _SETTINGS_COLUMNS of a row (a SQLAlchemy row or a driver tuple)."""
     return Settings(row[0], Mode(row[1]), row[2], row[3], row[4])
-
-
-def _settings(row: sa.Row) -> Settings:
-    return Settings(
-        workspace_id=row.workspace_id,
-        mode=Mode(row.identifier_mode),
-        email_updatable_by_id=row.email_updatable_by_id,
-        sole_identifier_updatable=row.sole_identifier_updatable,
-        auto_merge=row.auto_merge,
-    )
 
 
 def _settings_values(settings: Settings) -> dict[str, object]:
@@ -162,7 +153,7 @@ class Repository:
         if not rows:
             return None, []
         # Columns: the settings (5), then the person (6), absent when nobody matched.
-        return _settings_from_tuple(rows[0]), [Person(*row[5:]) for row in rows if row[5] is not None]
+        return _settings(rows[0]), [Person(*row[5:]) for row in rows if row[5] is not None]
 
     def _send_timeouts(self, cur: psycopg.Cursor) -> None:
         """Before the transaction's first statement (and with it, in a pipeline), if the call
