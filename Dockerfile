@@ -21,5 +21,5 @@ USER identity
 EXPOSE 50051
 # The same check as `make` and .ci/run use: the standard gRPC health service.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
-  CMD python -m service.healthcheck 127.0.0.1:50051 || exit 1
+  CMD python -m service.runtime.healthcheck 127.0.0.1:50051 || exit 1
 ENTRYPOINT ["identity-server"]

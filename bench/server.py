@@ -1,4 +1,4 @@
-"""The service under test, as a subprocess exactly as it is deployed (`python -m service.server`),
+"""The service under test, as a subprocess exactly as it is deployed (`python -m service.runtime.server`),
 and what it costs: RSS per process and CPU per call (psutil)."""
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ class ServerProcess:
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.command = [
-            sys.executable, "-m", "service.server",
+            sys.executable, "-m", "service.runtime.server",
             "--database-url", database_url,
             "--listen", self.address,
             "--default-workspace", "",

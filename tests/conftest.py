@@ -18,7 +18,7 @@ from identity.v1 import identity_pb2 as pb
 from identity.v1 import identity_pb2_grpc as pb_grpc
 from service.db.engine import create_engine, migrate
 from service.domain import Mode, Settings
-from service.server import RunningServer, create_server
+from service.runtime.server import RunningServer, create_server
 from service.usecases import IdentityService
 
 

@@ -3,7 +3,7 @@
 import re
 from pathlib import Path
 
-from service.codegen import PROJECT_ROOT, generate
+from service.runtime.codegen import PROJECT_ROOT, generate
 
 
 # The generator stamps its own version in: a newer grpcio-tools is not a stale contract.

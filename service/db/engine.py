@@ -10,7 +10,7 @@ from alembic.config import Config
 
 from service.db.transaction import SESSION_STATEMENT_TIMEOUT_S
 
-MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 
 def sqlalchemy_url(database_url: str) -> str:

@@ -3,47 +3,27 @@ Stores and finds only: every decision is the rules core's."""
 
 from __future__ import annotations
 
-import enum
 from datetime import datetime
 from typing import Any, Iterable, Sequence
 
 import psycopg
 import sqlalchemy as sa
 from psycopg.types.json import Jsonb
-from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.dialects.postgresql import psycopg as psycopg_dialect
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from service.db.schema import people, workspaces
+from service.db.statements import (
+    DELETE_PEOPLE_SQL,
+    INSERT_PERSON_SQL,
+    LOAD_SQL,
+    SET_TIMEOUTS_SQL,
+    SETTINGS_QUERIES,
+    UPDATE_PERSON_SQL,
+    Lock,
+)
 from service.domain import Mode, Person, Settings
 from service.rules.changes import Lookup
 from service.rules.modes import SAMPLE_SIZE, Check, CheckResult, Keys
-
-_TEXT_ARRAY = ARRAY(sa.Text)
-_PERSON_COLUMNS = (
-    people.c.cio_id,
-    people.c.id,
-    people.c.email,
-    people.c.attributes,
-    people.c.created_at,
-    people.c.updated_at,
-)
-_SETTINGS_COLUMNS = (
-    workspaces.c.workspace_id,
-    workspaces.c.identifier_mode,
-    workspaces.c.email_updatable_by_id,
-    workspaces.c.sole_identifier_updatable,
-    workspaces.c.auto_merge,
-)
-
-
-class Lock(enum.Enum):
-    NONE = "NONE"
-    # Writes to people hold the workspace's settings steady: FOR SHARE lets writes run together
-    # but waits for (and blocks) a settings change, so R2's validation sees every write.
-    SHARE = "SHARE"
-    UPDATE = "UPDATE"
-
 
 def _settings(row: Sequence[Any]) -> Settings:
     """From the _SETTINGS_COLUMNS of a row (a SQLAlchemy row or a driver tuple)."""
@@ -75,7 +55,7 @@ class Repository:
     # --- workspaces ---
 
     def settings(self, workspace_id: str, lock: Lock = Lock.NONE) -> Settings | None:
-        row = self._execute(_SETTINGS_QUERIES[lock], {"workspace_id": workspace_id}).first()
+        row = self._execute(SETTINGS_QUERIES[lock], {"workspace_id": workspace_id}).first()
         return _settings(row) if row is not None else None
 
     def create_workspace(self, settings: Settings, now: datetime) -> bool:
@@ -144,11 +124,11 @@ class Repository:
         }
         with self.driver.cursor() as cur:
             if self.driver.autocommit and self.statement_timeout_ms is None:
-                cur.execute(_LOAD_SQL[lock], params)  # a single statement: nothing to pipeline
+                cur.execute(LOAD_SQL[lock], params)  # a single statement: nothing to pipeline
             else:
                 with self.driver.pipeline():
                     self._send_timeouts(cur)
-                    cur.execute(_LOAD_SQL[lock], params)
+                    cur.execute(LOAD_SQL[lock], params)
             rows = cur.fetchall()
         if not rows:
             return None, []
@@ -159,7 +139,7 @@ class Repository:
         """Before the transaction's first statement (and with it, in a pipeline), if the call
         needs a cap other than the session's."""
         if self.statement_timeout_ms is not None:
-            cur.execute(_SET_TIMEOUTS_SQL, {"ms": str(self.statement_timeout_ms)})
+            cur.execute(SET_TIMEOUTS_SQL, {"ms": str(self.statement_timeout_ms)})
             self.statement_timeout_ms = None
 
     def _execute(self, statement: sa.Executable, params: dict | None = None) -> sa.CursorResult:
@@ -178,64 +158,20 @@ class Repository:
             self._send_timeouts(cur)
             ids = list(delete)
             if ids:
-                cur.execute(_DELETE_PEOPLE_SQL, {"workspace_id": workspace_id, "cio_ids": ids})
+                cur.execute(DELETE_PEOPLE_SQL, {"workspace_id": workspace_id, "cio_ids": ids})
             for person, keys in insert:
                 values = _person_values(person, keys)
                 cur.execute(
-                    _INSERT_PERSON_SQL,
+                    INSERT_PERSON_SQL,
                     {"workspace_id": workspace_id, "cio_id": person.cio_id, "created_at": person.created_at, **values},
                 )
             for person, keys in update:
                 values = _person_values(person, keys)
                 cur.execute(
-                    _UPDATE_PERSON_SQL, {"key_workspace_id": workspace_id, "key_cio_id": person.cio_id, **values}
+                    UPDATE_PERSON_SQL, {"key_workspace_id": workspace_id, "key_cio_id": person.cio_id, **values}
                 )
             self.driver.commit()
 
-
-# The hot statements are built once: each call only binds values (and psycopg prepares them
-# server-side after a few uses).
-_SETTINGS_QUERY = sa.select(*_SETTINGS_COLUMNS).where(workspaces.c.workspace_id == sa.bindparam("workspace_id"))
-
-# A settings change must not wait for ever behind a stream of writes: row locks let each new FOR
-# SHARE pass a waiting FOR NO KEY UPDATE, but Postgres queues advisory locks in order. So writes
-# also take the workspace's gate shared and a settings change takes it exclusively, first, in
-# the same statement as the row lock (which, taken after the gate, sees the latest settings).
-_GATE_CLASS = sa.literal_column("7242")  # the advisory lock namespace of workspace gates
-
-
-def _gated(query: sa.Select, lock_function: str) -> sa.Select:
-    gate = sa.select(
-        getattr(sa.func, lock_function)(_GATE_CLASS, sa.func.hashtext(sa.bindparam("workspace_id")))
-    ).cte("gate")
-    return query.where(sa.exists(sa.select(sa.literal_column("1")).select_from(gate)))
-
-
-_SETTINGS_QUERIES = {
-    Lock.NONE: _SETTINGS_QUERY,
-    Lock.SHARE: _gated(_SETTINGS_QUERY, "pg_advisory_xact_lock_shared").with_for_update(read=True),
-    Lock.UPDATE: _gated(_SETTINGS_QUERY, "pg_advisory_xact_lock").with_for_update(key_share=True),  # FOR NO KEY UPDATE
-}
-_FIND_PEOPLE = (
-    sa.select(*_PERSON_COLUMNS)
-    .where(
-        people.c.workspace_id == sa.bindparam("workspace_id"),
-        sa.or_(
-            people.c.cio_id == sa.any_(sa.bindparam("cio_ids", type_=_TEXT_ARRAY)),
-            people.c.id_key == sa.any_(sa.bindparam("id_keys", type_=_TEXT_ARRAY)),
-            people.c.email_key == sa.any_(sa.bindparam("email_keys", type_=_TEXT_ARRAY)),
-        ),
-    )
-    .order_by(people.c.cio_id)
-)
-
-def _load_statement(lock: Lock) -> sa.Select:
-    settings = _SETTINGS_QUERIES[lock].cte("ws")
-    found = (_FIND_PEOPLE.with_for_update() if lock != Lock.NONE else _FIND_PEOPLE).lateral("p")
-    return sa.select(settings, found).select_from(settings.outerjoin(found, sa.true()))
-
-
-_LOAD = {lock: _load_statement(lock) for lock in (Lock.NONE, Lock.SHARE)}
 
 def _person_values(person: Person, keys: Keys) -> dict[str, object]:
     """The columns that an insert sets and an update may change."""
@@ -250,29 +186,3 @@ def _person_values(person: Person, keys: Keys) -> dict[str, object]:
     }
 
 
-# Executed with a dict of column values: SQLAlchemy binds each named column.
-_INSERT_PERSON = people.insert()
-_UPDATE_PERSON = people.update().where(
-    people.c.workspace_id == sa.bindparam("key_workspace_id"), people.c.cio_id == sa.bindparam("key_cio_id")
-)
-_DELETE_PEOPLE = people.delete().where(
-    people.c.workspace_id == sa.bindparam("workspace_id"),
-    people.c.cio_id == sa.any_(sa.bindparam("cio_ids", type_=_TEXT_ARRAY)),
-)
-
-# The same statements as SQL for the driver (psycopg's %(name)s parameters), compiled once.
-_DIALECT = psycopg_dialect.dialect()
-_PERSON_FIELDS = ["id", "email", "email_norm", "id_key", "email_key", "attributes", "updated_at"]
-
-
-def _sql(statement: sa.Executable, column_keys: list[str] | None = None) -> str:
-    return str(statement.compile(dialect=_DIALECT, column_keys=column_keys))
-
-
-_LOAD_SQL = {lock: _sql(statement) for lock, statement in _LOAD.items()}
-_INSERT_PERSON_SQL = _sql(_INSERT_PERSON, ["workspace_id", "cio_id", "created_at", *_PERSON_FIELDS])
-_UPDATE_PERSON_SQL = _sql(_UPDATE_PERSON, _PERSON_FIELDS)
-_DELETE_PEOPLE_SQL = _sql(_DELETE_PEOPLE)
-_SET_TIMEOUTS_SQL = (
-    "SELECT set_config('statement_timeout', %(ms)s, true), set_config('lock_timeout', %(ms)s, true)"
-)

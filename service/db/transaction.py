@@ -12,7 +12,8 @@ import psycopg.errors
 import sqlalchemy as sa
 import sqlalchemy.exc
 
-from service import deadlines, metrics
+from service import metrics
+from service.db import deadlines
 from service.db.repository import Repository
 from service.errors import Aborted, DeadlineExceeded, Unavailable
 

@@ -9,8 +9,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from identity.v1 import identity_pb2 as pb
 from identity.v1 import identity_pb2_grpc as pb_grpc
-from service.auth import ApiKeys
-from service.server import create_server
+from service.api.auth import ApiKeys
+from service.runtime.server import create_server
 from tests.e2e.helpers import refused
 
 

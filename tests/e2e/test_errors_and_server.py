@@ -19,7 +19,7 @@ from identity.v1 import identity_pb2 as pb
 from identity.v1 import identity_pb2_grpc as pb_grpc
 from service.db.repository import Repository
 from service.domain import Mode
-from service.server import RunningServer, create_server
+from service.runtime.server import RunningServer, create_server
 from service.usecases import IdentityService
 from tests.e2e.helpers import (
     CIO_ID,

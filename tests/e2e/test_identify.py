@@ -422,7 +422,7 @@ def test_r40_a_merge_that_fails_midway_is_rolled_back(stub, workspace, people_ro
     before = people_rows(workspace)
 
     # The primary's UPDATE fails in the database, after the secondary's DELETE was sent with it.
-    monkeypatch.setattr(repository, "_UPDATE_PERSON_SQL", "UPDATE no_such_table_for_this_test SET x = 1")
+    monkeypatch.setattr(repository, "UPDATE_PERSON_SQL", "UPDATE no_such_table_for_this_test SET x = 1")
     refusal = refused(stub.Identify, identify_request(workspace, id="ab100", email="b@example.com"),
                       grpc.StatusCode.INTERNAL)
     assert refusal.message == "internal error"

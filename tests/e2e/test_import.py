@@ -7,7 +7,7 @@ import grpc
 from google.rpc import error_details_pb2
 
 from identity.v1 import identity_pb2 as pb
-from service.csv_import import MAX_ROWS
+from service.api.csv_import import MAX_ROWS
 from tests.e2e.helpers import UNKNOWN_CIO_ID, assert_invalid, attrs, get, identify, refused
 
 

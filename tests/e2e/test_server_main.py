@@ -6,7 +6,7 @@ import logging
 
 import sqlalchemy as sa
 
-from service import server
+from service.runtime import server
 
 
 def test_migrate_only_applies_migrations_and_creates_no_workspace(database_url, engine):

@@ -1,4 +1,4 @@
-"""Fixtures of the race and fault suites: the real server (`python -m service.server --workers 2`)
+"""Fixtures of the race and fault suites: the real server (`python -m service.runtime.server --workers 2`)
 as a subprocess on free ports, and the figures each test reports.
 
 The figures of every test are printed (visible with -s), shown in pytest's terminal summary, added

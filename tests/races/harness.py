@@ -47,7 +47,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from identity.v1 import identity_pb2 as pb
 from identity.v1 import identity_pb2_grpc as pb_grpc
-from service.healthcheck import is_serving
+from service.runtime.healthcheck import is_serving
 from service.rules.validation import email_key
 
 REPO = Path(__file__).resolve().parents[2]
@@ -105,7 +105,7 @@ def wait_until(condition: Callable[[], bool], timeout: float, interval: float = 
 
 
 class ServerProcess:
-    """`python -m service.server --workers N` as a subprocess: a supervisor forking N workers
+    """`python -m service.runtime.server --workers N` as a subprocess: a supervisor forking N workers
     that share one port (SO_REUSEPORT), each with a Prometheus endpoint on metrics_port + index."""
 
     def __init__(
@@ -125,7 +125,7 @@ class ServerProcess:
         self.metrics_port = free_port_block(workers)
         self.address = f"127.0.0.1:{self.port}"
         self.args = [
-            sys.executable, "-m", "service.server",
+            sys.executable, "-m", "service.runtime.server",
             "--workers", str(workers),
             "--database-url", database_url,
             "--listen", self.address,

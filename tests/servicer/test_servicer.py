@@ -12,7 +12,7 @@ import pytest
 from google.rpc import error_details_pb2, status_pb2
 
 from identity.v1 import identity_pb2 as pb
-from service.servicer import IdentityServicer, WorkspaceServicer
+from service.api.servicer import IdentityServicer, WorkspaceServicer
 from service.usecases import IdentityService
 
 IDENTITY = pb.DESCRIPTOR.services_by_name["IdentityService"]

@@ -1,5 +1,5 @@
 """The gRPC servicers: proto in, domain call, proto out; domain refusals become a status with
-details (service.status). Thin on purpose: every decision is the rules core's."""
+details (service.api.status). Thin on purpose: every decision is the rules core's."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import grpc
 
 from identity.v1 import identity_pb2 as pb
 from identity.v1 import identity_pb2_grpc as pb_grpc
-from service import convert, csv_import
+from service.api import convert, csv_import
 from service.errors import DomainError
-from service.status import to_status, to_status_proto
+from service.api.status import to_status, to_status_proto
 from service.usecases import IdentityService
 
 R = TypeVar("R")

@@ -17,14 +17,14 @@ import sqlalchemy as sa
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from identity.v1 import identity_pb2, identity_pb2_grpc
-from service import reflection
-from service.auth import ApiKeys
+from service.api import reflection
+from service.api.auth import ApiKeys
 from service.db.engine import create_engine, migrate
 from service.db.monitor import DatabaseMonitor
 from service.domain import Settings
 from service.errors import AlreadyExists
-from service.interceptors import CallInterceptor
-from service.servicer import IdentityServicer, WorkspaceServicer
+from service.api.interceptors import CallInterceptor
+from service.api.servicer import IdentityServicer, WorkspaceServicer
 from service.usecases import IdentityService
 
 log = logging.getLogger("identity.server")
@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     database_url = args.database_url
     if not database_url:
-        from service import embedded
+        from service.runtime import embedded
 
         database_url = embedded.start()
         args.migrate = True

@@ -9,10 +9,11 @@ from typing import Any, Callable
 
 import grpc
 
-from service import deadlines, metrics
-from service.auth import ApiKeys
+from service import metrics
+from service.db import deadlines
+from service.api.auth import ApiKeys
 from service.errors import DomainError
-from service.status import to_status
+from service.api.status import to_status
 
 log = logging.getLogger("identity.calls")
 

@@ -10,7 +10,7 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PROTO_ROOT = PROJECT_ROOT / "protos"
 
 

@@ -1,5 +1,5 @@
 """Asks a server's gRPC health service; exit 0 when SERVING. Used by the container's
-HEALTHCHECK and by .ci/run: `python -m service.healthcheck [host:port] [--wait SECONDS]`."""
+HEALTHCHECK and by .ci/run: `python -m service.runtime.healthcheck [host:port] [--wait SECONDS]`."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ import psycopg
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PGDATA = Path(__file__).resolve().parent.parent / ".pgdata"
+DEFAULT_PGDATA = Path(__file__).resolve().parents[2] / ".pgdata"
 
 
 def start(pgdata: Path = DEFAULT_PGDATA, database: str = "identity") -> str:
