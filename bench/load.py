@@ -17,7 +17,7 @@ import psycopg.errors
 from bench import ids
 from service.db.engine import create_engine, migrate
 from service.domain import Mode, Person, Settings
-from service.rules.modes import keys_for
+from service.db.keys import keys_for
 from service.rules.validation import check_cio_id
 from service.usecases import IdentityService
 

@@ -23,7 +23,8 @@ from service.db.statements import (
 )
 from service.domain import Mode, Person, Settings
 from service.rules.changes import Lookup
-from service.rules.modes import SAMPLE_SIZE, Check, CheckResult, Keys
+from service.db.keys import Keys
+from service.rules.modes import SAMPLE_SIZE, Check, CheckResult
 
 def _settings(row: Sequence[Any]) -> Settings:
     """From the _SETTINGS_COLUMNS of a row (a SQLAlchemy row or a driver tuple)."""

@@ -9,7 +9,6 @@ from typing import Mapping
 
 from service.domain import Field, Mode, Person, Settings
 from service.errors import FailedPrecondition
-from service.rules.validation import email_key
 
 # R1: cio_id is always an identifier; id and/or email depending on the mode.
 _IDENTIFIERS: dict[Mode, frozenset[Field]] = {
@@ -59,26 +58,6 @@ def presented(mode: Mode, person: Person) -> Person:
             attributes[Field.EMAIL.value] = email
         email = None
     return replace(person, id=id_, email=email, attributes=attributes)
-
-
-@dataclass(frozen=True)
-class Keys:
-    """What the unique indexes of R41 hold for one person: `id_key` and `email_key` are set only
-    where that field is an identifier, so an attribute never collides; `email_norm` is always
-    kept so that R2 can check a future mode in SQL."""
-
-    id_key: str | None
-    email_norm: str | None
-    email_key: str | None
-
-
-def keys_for(mode: Mode, person: Person) -> Keys:
-    norm = email_key(person.email) if person.email is not None else None
-    return Keys(
-        id_key=person.id if is_identifier(mode, Field.ID) else None,
-        email_norm=norm,
-        email_key=norm if is_identifier(mode, Field.EMAIL) else None,
-    )
 
 
 class Check(enum.Enum):

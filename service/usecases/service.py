@@ -12,6 +12,7 @@ from service.db.repository import Lock, Repository
 from service.db.transaction import run_in_transaction
 from service.domain import Field, IdentifyInput, IdentifyResult, Person, Ref, Settings
 from service.errors import AlreadyExists, DeadlineExceeded, DomainError, NotFound, Unavailable
+from service.db.keys import keys_for
 from service.rules import identifiers, identify, modes
 from service.rules.changes import Change, Lookup, Write
 from service.rules.validation import check_workspace_id, new_cio_id, raise_if
@@ -38,7 +39,7 @@ def _apply(repo: Repository, settings: Settings, change: Change) -> None:
     its identifiers for the primary (R13)."""
     ws = settings.workspace_id
     deleted = list(change.deleted)
-    person = [(change.person, modes.keys_for(settings.mode, change.person))]
+    person = [(change.person, keys_for(settings.mode, change.person))]
     if change.write == Write.INSERT:
         repo.write_and_commit(ws, delete=deleted, insert=person)
     elif change.write == Write.UPDATE:

@@ -4,7 +4,7 @@ tests run the lookup and the decision as the service does, without a database.""
 from __future__ import annotations
 
 from service.domain import Person, Settings
-from service.rules import modes
+from service.db.keys import keys_for
 from service.rules.changes import Lookup
 
 
@@ -12,7 +12,7 @@ def stored(settings: Settings, lookup: Lookup, people: list[Person]) -> list[Per
     """The people whose cio_id, id key or email key (per the mode) is looked up."""
     found = []
     for p in people:
-        keys = modes.keys_for(settings.mode, p)
+        keys = keys_for(settings.mode, p)
         if (
             p.cio_id in lookup.cio_ids
             or (keys.id_key is not None and keys.id_key in lookup.id_keys)

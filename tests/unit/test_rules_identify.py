@@ -17,6 +17,7 @@ from service.errors import AlreadyExists, DomainError, FailedPrecondition, Inval
 from service.rules import identifiers, modes
 from service.rules.changes import Change, Lookup, Write
 from service.rules.identify import decide_identify, identify_lookup
+from service.db.keys import keys_for
 from service.rules.modes import Check, CheckResult
 from service.rules.validation import email_key
 from tests.unit.refusals import expect_refusal
@@ -349,14 +350,14 @@ def test_r12_id_only_email_matches_nobody():
     # The lookup does not depend on the mode; the stored keys do: in ID_ONLY no email key is kept,
     # so a person with the same email is not found by it.
     other = person(CIO_B, id="cd200", email="p@example.com")
-    assert modes.keys_for(I, other).email_key is None
+    assert keys_for(I, other).email_key is None
     change, outcome = identify(ws(I), [other], id="ab100", email="p@example.com")
     assert outcome is Outcome.CREATED and change.person.cio_id == CIO_NEW
 
 
 def test_r12_email_only_id_matches_nobody():
     other = person(CIO_B, id="ab100", email="q@example.com")
-    assert modes.keys_for(O, other).id_key is None
+    assert keys_for(O, other).id_key is None
     change, outcome = identify(ws(O), [other], id="ab100", email="P@example.com")
     assert outcome is Outcome.CREATED and change.person.cio_id == CIO_NEW
 
@@ -889,7 +890,7 @@ def check_invariants(settings: Settings, people: list[Person]) -> None:
     mode = settings.mode
     cio_ids = [p.cio_id for p in people]
     assert len(set(cio_ids)) == len(cio_ids), "cio_ids are unique"
-    keys = [modes.keys_for(mode, p) for p in people]
+    keys = [keys_for(mode, p) for p in people]
     id_keys = [k.id_key for k in keys if k.id_key is not None]
     email_keys = [k.email_key for k in keys if k.email_key is not None]
     assert len(set(id_keys)) == len(id_keys), f"R41: two people share an id in {mode}: {people}"

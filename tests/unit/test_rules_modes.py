@@ -10,7 +10,8 @@ import pytest
 from service.domain import Field, Mode, Person, Settings
 from service.errors import FailedPrecondition
 from service.rules import modes
-from service.rules.modes import Check, CheckResult, decide_settings_change, keys_for, mode_change_checks
+from service.db.keys import Keys, keys_for
+from service.rules.modes import Check, CheckResult, decide_settings_change, mode_change_checks
 
 # --------------------------------------------------------------------------- builders
 
@@ -72,17 +73,17 @@ def test_r1_default_settings_match_section_2():
 
 def test_r1_email_or_id_keys_hold_id_and_email_key():
     keys = keys_for(E, person(id="AB100", email="Person@Example.com"))
-    assert keys == modes.Keys(id_key="AB100", email_norm="person@example.com", email_key="person@example.com")
+    assert keys == Keys(id_key="AB100", email_norm="person@example.com", email_key="person@example.com")
 
 
 def test_r1_id_only_email_is_not_a_key_but_its_norm_is_kept():
     keys = keys_for(I, person(id="ab100", email="Person@Example.com"))
-    assert keys == modes.Keys(id_key="ab100", email_norm="person@example.com", email_key=None)
+    assert keys == Keys(id_key="ab100", email_norm="person@example.com", email_key=None)
 
 
 def test_r1_email_only_id_is_not_a_key():
     keys = keys_for(O, person(id="ab100", email="Person@Example.com"))
-    assert keys == modes.Keys(id_key=None, email_norm="person@example.com", email_key="person@example.com")
+    assert keys == Keys(id_key=None, email_norm="person@example.com", email_key="person@example.com")
 
 
 def test_r1_keys_id_is_case_sensitive_email_is_not():
@@ -94,7 +95,7 @@ def test_r1_keys_id_is_case_sensitive_email_is_not():
 
 @pytest.mark.parametrize("mode", list(Mode))
 def test_r1_keys_of_a_person_without_id_or_email_are_empty(mode):
-    assert keys_for(mode, person()) == modes.Keys(None, None, None)
+    assert keys_for(mode, person()) == Keys(None, None, None)
 
 
 # --------------------------------------------------------------------------- R2: which checks
