@@ -69,3 +69,7 @@ class DeadlineExceeded(DomainError):
 
 def invalid(field: str, description: str, reason: str) -> InvalidArgument:
     return InvalidArgument([FieldViolation(field, description, reason)])
+
+
+class ResourceExhausted(DomainError):
+    """The server is at its limit of calls in flight; retry later."""

@@ -16,10 +16,10 @@ import sqlalchemy as sa
 
 from identity.v1 import identity_pb2 as pb
 from identity.v1 import identity_pb2_grpc as pb_grpc
+from service.api.convert import settings_to_pb
 from service.db.engine import create_engine, migrate
 from service.domain import Mode, Settings
-from service.runtime.server import RunningServer, create_server
-from service.usecases import IdentityService
+from service.runtime.server import ServerThread
 
 
 def _admin_url() -> Iterator[str]:
@@ -64,24 +64,24 @@ def database_url(admin_url: str) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def engine(database_url: str) -> Iterator[sa.Engine]:
-    engine = create_engine(database_url, pool_size=8)
+    """The migrated test database, for tests that look at the rows themselves."""
+    engine = create_engine(database_url, pool_size=4)
     migrate(engine)
     yield engine
     engine.dispose()
 
 
-@pytest.fixture(scope="session")
-def identity(engine: sa.Engine) -> IdentityService:
-    return IdentityService(engine)
-
-
 @pytest.fixture
-def make_workspace(identity: IdentityService) -> Callable[..., str]:
+def make_workspace(workspace_stub: pb_grpc.WorkspaceServiceStub) -> Callable[..., str]:
     """Creates a workspace of the test's own (tests never share people) and returns its id."""
 
     def make(mode: Mode = Mode.EMAIL_OR_ID, **settings: bool) -> str:
         workspace_id = "t-" + secrets.token_hex(6)
-        identity.create_workspace(Settings(workspace_id, mode, **settings))
+        workspace_stub.CreateWorkspace(
+            pb.CreateWorkspaceRequest(
+                workspace_id=workspace_id, settings=settings_to_pb(Settings(workspace_id, mode, **settings))
+            )
+        )
         return workspace_id
 
     return make
@@ -93,14 +93,29 @@ def workspace(make_workspace: Callable[..., str]) -> str:
 
 
 @pytest.fixture(scope="session")
-def server(engine: sa.Engine) -> Iterator[RunningServer]:
-    running = create_server("127.0.0.1:0", engine, threads=16)
-    yield running
-    running.stop(0)
+def start_server(database_url: str, engine: sa.Engine) -> Iterator[Callable[..., ServerThread]]:
+    """Starts a server of the test's own (options as service.runtime.server.create_server takes
+    them) on a free port; every one started is stopped at the end of the session."""
+    started: list[ServerThread] = []
+
+    def start(**options: object) -> ServerThread:
+        server = ServerThread("127.0.0.1:0", database_url, **options)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        if server.loop.is_running():
+            server.stop(0)
 
 
 @pytest.fixture(scope="session")
-def channel(server: RunningServer) -> Iterator[grpc.Channel]:
+def server(start_server: Callable[..., ServerThread]) -> ServerThread:
+    return start_server(pool_size=8)
+
+
+@pytest.fixture(scope="session")
+def channel(server: ServerThread) -> Iterator[grpc.Channel]:
     with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         grpc.channel_ready_future(channel).result(timeout=10)
         yield channel

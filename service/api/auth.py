@@ -37,12 +37,15 @@ class ApiKeys:
     def enabled(self) -> bool:
         return bool(self.grants)
 
-    def check(self, metadata: Iterable[tuple[str, str | bytes]], workspace_id: str) -> None:
-        """Refuses a call without a known key (UNAUTHENTICATED) or for a workspace its key does
-        not grant (PERMISSION_DENIED)."""
+    def authenticate(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> frozenset[str] | None:
+        """The workspaces the call's key grants (None when no key is configured: every one).
+        Refuses a call without a known key (UNAUTHENTICATED); read from the metadata alone,
+        before the request is decoded."""
         if not self.enabled:
-            return
-        header = next((str(v) for k, v in metadata if k == "authorization"), "")
+            return None
+        header = next((v for k, v in metadata or () if k == "authorization"), "")
+        if isinstance(header, bytes):
+            header = header.decode("latin-1")
         scheme, _, key = header.partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
             raise Unauthenticated(
@@ -51,9 +54,15 @@ class ApiKeys:
         allowed = self.grants.get(_digest(key.strip()))
         if allowed is None:
             raise Unauthenticated("API_KEY_INVALID", "the API key is not known", {})
-        if EVERY_WORKSPACE not in allowed and workspace_id not in allowed:
-            raise PermissionDenied(
-                "WORKSPACE_NOT_ALLOWED",
-                f"the API key does not grant workspace {workspace_id!r}",
-                {"workspace_id": workspace_id},
-            )
+        return allowed
+
+    @staticmethod
+    def authorize(allowed: frozenset[str] | None, workspace_id: str) -> None:
+        """Refuses a workspace the key does not grant (PERMISSION_DENIED)."""
+        if allowed is None or EVERY_WORKSPACE in allowed or workspace_id in allowed:
+            return
+        raise PermissionDenied(
+            "WORKSPACE_NOT_ALLOWED",
+            "the API key does not grant the request's workspace",
+            {"workspace_id": workspace_id[:64]},
+        )

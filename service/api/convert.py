@@ -6,7 +6,6 @@ import math
 from typing import Any
 
 from google.protobuf import struct_pb2
-from google.protobuf.json_format import MessageToDict
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from identity.v1 import identity_pb2 as pb
@@ -33,22 +32,28 @@ OUTCOME_TO_PB = {
 SETTINGS_FIELDS = ("identifier_mode", "email_updatable_by_id", "sole_identifier_updatable", "auto_merge")
 
 
-def _plain(value: Any) -> Any:
-    """Struct numbers are doubles: give whole numbers back as ints so they stay ints in JSON."""
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
-        return int(value)
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
+def _value(value: struct_pb2.Value) -> Any:
+    """A Struct value as plain Python. Numbers are doubles: whole ones come back as ints so they
+    stay ints in JSON; non-finite ones are kept, for R6 to refuse with the field named."""
+    kind = value.WhichOneof("kind")
+    if kind == "number_value":
+        number = value.number_value
+        if math.isfinite(number) and number.is_integer() and abs(number) < 2**53:
+            return int(number)
+        return number
+    if kind == "string_value":
+        return value.string_value
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "struct_value":
+        return {name: _value(v) for name, v in value.struct_value.fields.items()}
+    if kind == "list_value":
+        return [_value(v) for v in value.list_value.values]
+    return None  # null_value, or no kind set
 
 
-def attributes_from_pb(struct: struct_pb2.Struct, field: str = "attributes") -> dict[str, Any]:
-    for name, value in struct.fields.items():
-        if value.WhichOneof("kind") == "number_value" and not math.isfinite(value.number_value):
-            raise invalid(f"{field}.{name}", "numbers must be finite", "INVALID_ATTRIBUTE_VALUE")
-    return {k: _plain(v) for k, v in MessageToDict(struct).items()}
+def attributes_from_pb(struct: struct_pb2.Struct) -> dict[str, Any]:
+    return {name: _value(v) for name, v in struct.fields.items()}
 
 
 def _timestamp(value: Any) -> Timestamp:

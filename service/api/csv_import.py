@@ -23,9 +23,11 @@ def parse(workspace_id: str, data: bytes) -> list[tuple[int, IdentifyInput]]:
     try:
         header = [name.strip() for name in next(reader)]
         rows = []
-        for number, cells in enumerate(reader, start=1):
-            if not cells:
-                continue  # a blank line
+        number = 0
+        for cells in reader:
+            if not cells or cells == [""]:
+                continue  # a blank line is not a row
+            number += 1
             if number > MAX_ROWS:
                 raise invalid(FIELD, f"must have at most {MAX_ROWS} data rows", "TOO_MANY_ROWS")
             if len(cells) != len(header):

@@ -4,10 +4,11 @@ read and written with the v1alpha classes (identical on the wire)."""
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool
+from grpc_reflection.v1alpha import _async as aio_reflection
 from grpc_reflection.v1alpha import reflection
 from grpc_reflection.v1alpha import reflection_pb2 as v1alpha
 
@@ -38,14 +39,11 @@ def _register_v1_descriptor() -> None:
     pool.Add(file)
 
 
-def enable(service_names: Iterable[str], server: grpc.Server) -> None:
+def enable(service_names: Iterable[str], server: grpc.aio.Server) -> None:
     _register_v1_descriptor()
     names = [*service_names, reflection.SERVICE_NAME, V1_SERVICE]
-    servicer = reflection.ReflectionServicer(names)
+    servicer = aio_reflection.ReflectionServicer(names)
     reflection.enable_server_reflection(names, server)  # v1alpha
-
-    def info(requests: Iterator[v1alpha.ServerReflectionRequest], context: grpc.ServicerContext):
-        return servicer.ServerReflectionInfo(requests, context)
 
     server.add_generic_rpc_handlers(
         (
@@ -53,7 +51,7 @@ def enable(service_names: Iterable[str], server: grpc.Server) -> None:
                 V1_SERVICE,
                 {
                     "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
-                        info,
+                        servicer.ServerReflectionInfo,
                         request_deserializer=v1alpha.ServerReflectionRequest.FromString,
                         response_serializer=v1alpha.ServerReflectionResponse.SerializeToString,
                     )

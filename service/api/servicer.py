@@ -1,135 +1,119 @@
-"""The gRPC servicers: proto in, domain call, proto out; domain refusals become a status with
-details (service.api.status). Thin on purpose: every decision is the rules core's."""
+"""The RPCs: proto in, a use case called, proto out. Thin on purpose: every decision is the rules
+core's; refusals travel as DomainError to the edge (service.api.handlers), which gives them
+their status. One coroutine per RPC, named as in the proto."""
 
 from __future__ import annotations
 
-import functools
 from dataclasses import replace
-from typing import Any, Callable, TypeVar
-
-import grpc
+from typing import Any, Callable
 
 from identity.v1 import identity_pb2 as pb
-from identity.v1 import identity_pb2_grpc as pb_grpc
 from service.api import convert, csv_import
-from service.errors import DomainError
-from service.api.status import to_status, to_status_proto
+from service.api.status import to_status_proto
+from service.errors import DomainError, InvalidArgument
+from service.rules.validation import check_workspace_id
 from service.usecases import IdentityService
 
-R = TypeVar("R")
+MAX_IMPORT_ERRORS = 1000  # refused rows reported in full; past it, counted only
 
 
-def refusals_as_status(response_type: type[R]) -> Callable[[Callable[..., R]], Callable[..., R]]:
-    """A DomainError ends the call with its status and details (R42). The status is set on the
-    context rather than raised with abort_with_status, which grpc_testing does not support."""
-
-    def decorate(method: Callable[..., R]) -> Callable[..., R]:
-        @functools.wraps(method)
-        def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> R:
-            try:
-                return method(self, request, context)
-            except DomainError as error:
-                status = to_status(error)
-                context.set_trailing_metadata(status.trailing_metadata)
-                context.set_code(status.code)
-                context.set_details(status.details)
-                return response_type()
-
-        return wrapper
-
-    return decorate
+def _convert(workspace_id: str, **parts: Callable[[], Any]) -> dict[str, Any]:
+    """Converts each part of a request, collecting every malformed field (with the
+    workspace_id's, R42) into one refusal."""
+    values: dict[str, Any] = {}
+    violations = []
+    for name, make in parts.items():
+        try:
+            values[name] = make()
+        except InvalidArgument as error:
+            violations += error.violations
+    if violations:
+        raise InvalidArgument(check_workspace_id(workspace_id) + violations)
+    return values
 
 
-class IdentityServicer(pb_grpc.IdentityServiceServicer):
+class IdentityApi:
+    """identity.v1.IdentityService and identity.v1.WorkspaceService."""
+
     def __init__(self, service: IdentityService):
         self.service = service
 
-    @refusals_as_status(pb.IdentifyResponse)
-    def Identify(self, request: pb.IdentifyRequest, context: grpc.ServicerContext) -> pb.IdentifyResponse:
-        result = self.service.identify(convert.identify_from_pb(request))
+    # --- IdentityService ---
+
+    async def Identify(self, request: pb.IdentifyRequest) -> pb.IdentifyResponse:
+        result = await self.service.identify(convert.identify_from_pb(request))
         return pb.IdentifyResponse(
             person=convert.person_to_pb(result.person),
             outcome=convert.OUTCOME_TO_PB[result.outcome.value],
             merged_cio_ids=list(result.merged_cio_ids),
         )
 
-    @refusals_as_status(pb.UpdateIdentifierResponse)
-    def UpdateIdentifier(
-        self, request: pb.UpdateIdentifierRequest, context: grpc.ServicerContext
-    ) -> pb.UpdateIdentifierResponse:
-        person = self.service.update_identifier(
+    async def UpdateIdentifier(self, request: pb.UpdateIdentifierRequest) -> pb.UpdateIdentifierResponse:
+        parts = _convert(
             request.workspace_id,
-            convert.ref_from_pb(request.person, request.HasField("person")),
-            convert.identifier_from_pb(request.identifier),
-            request.value,
+            ref=lambda: convert.ref_from_pb(request.person, request.HasField("person")),
+            field=lambda: convert.identifier_from_pb(request.identifier),
         )
+        person = await self.service.update_identifier(request.workspace_id, parts["ref"], parts["field"], request.value)
         return pb.UpdateIdentifierResponse(person=convert.person_to_pb(person))
 
-    @refusals_as_status(pb.DeleteIdentifierResponse)
-    def DeleteIdentifier(
-        self, request: pb.DeleteIdentifierRequest, context: grpc.ServicerContext
-    ) -> pb.DeleteIdentifierResponse:
-        person = self.service.delete_identifier(
+    async def DeleteIdentifier(self, request: pb.DeleteIdentifierRequest) -> pb.DeleteIdentifierResponse:
+        parts = _convert(
             request.workspace_id,
-            convert.ref_from_pb(request.person, request.HasField("person")),
-            convert.identifier_from_pb(request.identifier),
+            ref=lambda: convert.ref_from_pb(request.person, request.HasField("person")),
+            field=lambda: convert.identifier_from_pb(request.identifier),
         )
+        person = await self.service.delete_identifier(request.workspace_id, parts["ref"], parts["field"])
         return pb.DeleteIdentifierResponse(person=convert.person_to_pb(person))
 
-    @refusals_as_status(pb.GetSettingsResponse)
-    def GetSettings(self, request: pb.GetSettingsRequest, context: grpc.ServicerContext) -> pb.GetSettingsResponse:
-        return pb.GetSettingsResponse(settings=convert.settings_to_pb(self.service.get_settings(request.workspace_id)))
+    async def GetSettings(self, request: pb.GetSettingsRequest) -> pb.GetSettingsResponse:
+        settings = await self.service.get_settings(request.workspace_id)
+        return pb.GetSettingsResponse(settings=convert.settings_to_pb(settings))
 
-    @refusals_as_status(pb.GetPersonResponse)
-    def GetPerson(self, request: pb.GetPersonRequest, context: grpc.ServicerContext) -> pb.GetPersonResponse:
-        person = self.service.get_person(
-            request.workspace_id, convert.ref_from_pb(request.person, request.HasField("person"))
-        )
+    async def GetPerson(self, request: pb.GetPersonRequest) -> pb.GetPersonResponse:
+        parts = _convert(request.workspace_id, ref=lambda: convert.ref_from_pb(request.person, request.HasField("person")))
+        person = await self.service.get_person(request.workspace_id, parts["ref"])
         return pb.GetPersonResponse(person=convert.person_to_pb(person))
 
-    @refusals_as_status(pb.DeletePersonResponse)
-    def DeletePerson(self, request: pb.DeletePersonRequest, context: grpc.ServicerContext) -> pb.DeletePersonResponse:
-        cio_id = self.service.delete_person(
-            request.workspace_id, convert.ref_from_pb(request.person, request.HasField("person"))
-        )
+    async def DeletePerson(self, request: pb.DeletePersonRequest) -> pb.DeletePersonResponse:
+        parts = _convert(request.workspace_id, ref=lambda: convert.ref_from_pb(request.person, request.HasField("person")))
+        cio_id = await self.service.delete_person(request.workspace_id, parts["ref"])
         return pb.DeletePersonResponse(cio_id=cio_id)
 
-
-    @refusals_as_status(pb.ImportPeopleResponse)
-    def ImportPeople(self, request: pb.ImportPeopleRequest, context: grpc.ServicerContext) -> pb.ImportPeopleResponse:
-        rows = csv_import.parse(request.workspace_id, request.csv)
+    async def ImportPeople(self, request: pb.ImportPeopleRequest) -> pb.ImportPeopleResponse:
+        rows = _convert(request.workspace_id, rows=lambda: csv_import.parse(request.workspace_id, request.csv))["rows"]
         response = pb.ImportPeopleResponse()
-        for number, result in self.service.import_people(request.workspace_id, rows):
-            row = response.rows.add(row=number)
+        for number, result in await self.service.import_rows(request.workspace_id, rows):
             if isinstance(result, DomainError):
-                row.error.CopyFrom(to_status_proto(result))
                 response.refused_count += 1
+                if response.refused_count <= MAX_IMPORT_ERRORS:
+                    row = response.rows.add(row=number)
+                    row.error.CopyFrom(to_status_proto(result))
             else:
+                row = response.rows.add(row=number)
                 row.outcome = convert.OUTCOME_TO_PB[result.outcome.value]
                 row.cio_id = result.person.cio_id
                 response.applied_count += 1
         return response
 
+    # --- WorkspaceService ---
 
-class WorkspaceServicer(pb_grpc.WorkspaceServiceServicer):
-    def __init__(self, service: IdentityService):
-        self.service = service
+    async def CreateWorkspace(self, request: pb.CreateWorkspaceRequest) -> pb.CreateWorkspaceResponse:
+        settings = _convert(
+            request.workspace_id,
+            settings=lambda: convert.settings_from_pb(
+                request.workspace_id, request.settings if request.HasField("settings") else None
+            ),
+        )["settings"]
+        created = await self.service.create_workspace(settings)
+        return pb.CreateWorkspaceResponse(settings=convert.settings_to_pb(created))
 
-    @refusals_as_status(pb.CreateWorkspaceResponse)
-    def CreateWorkspace(
-        self, request: pb.CreateWorkspaceRequest, context: grpc.ServicerContext
-    ) -> pb.CreateWorkspaceResponse:
-        settings = convert.settings_from_pb(
-            request.workspace_id, request.settings if request.HasField("settings") else None
-        )
-        return pb.CreateWorkspaceResponse(settings=convert.settings_to_pb(self.service.create_workspace(settings)))
-
-    @refusals_as_status(pb.UpdateSettingsResponse)
-    def UpdateSettings(
-        self, request: pb.UpdateSettingsRequest, context: grpc.ServicerContext
-    ) -> pb.UpdateSettingsResponse:
-        patch = convert.settings_patch(request.settings, list(request.update_mask.paths))
-        settings = self.service.update_settings(
+    async def UpdateSettings(self, request: pb.UpdateSettingsRequest) -> pb.UpdateSettingsResponse:
+        patch = _convert(
+            request.workspace_id,
+            patch=lambda: convert.settings_patch(request.settings, list(request.update_mask.paths)),
+        )["patch"]
+        settings = await self.service.update_settings(
             request.workspace_id, lambda current: replace(current, **patch), request.validate_only
         )
         return pb.UpdateSettingsResponse(settings=convert.settings_to_pb(settings))

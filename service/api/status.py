@@ -1,5 +1,9 @@
-"""Domain refusals -> google.rpc.Status with one ErrorInfo or a BadRequest (R42, AIP-193).
-The only place where a refusal gets its gRPC code."""
+"""Domain refusals -> google.rpc.Status with one ErrorInfo, and a BadRequest for invalid fields
+(R42, AIP-193). The only place where a refusal gets its gRPC code.
+
+A refusal travels in the trailers, which a default client drops past 8 KiB, so what it echoes
+is bounded: each echoed string is cut, at most MAX_VIOLATIONS fields are listed (the ErrorInfo
+says how many were left out), and the whole status stays under MAX_STATUS_BYTES."""
 
 from __future__ import annotations
 
@@ -11,6 +15,9 @@ from grpc_status import rpc_status
 from service import errors
 
 DOMAIN = "identity.v1"
+MAX_TEXT = 200  # characters of any one echoed string (message, field, description, metadata)
+MAX_VIOLATIONS = 10
+MAX_STATUS_BYTES = 3000  # serialized; base64 in the trailer makes it 4/3 of this
 
 _CODES: list[tuple[type[errors.DomainError], int]] = [
     (errors.InvalidArgument, code_pb2.INVALID_ARGUMENT),
@@ -22,6 +29,7 @@ _CODES: list[tuple[type[errors.DomainError], int]] = [
     (errors.Aborted, code_pb2.ABORTED),
     (errors.Unavailable, code_pb2.UNAVAILABLE),
     (errors.DeadlineExceeded, code_pb2.DEADLINE_EXCEEDED),
+    (errors.ResourceExhausted, code_pb2.RESOURCE_EXHAUSTED),
 ]
 
 
@@ -32,26 +40,52 @@ def code_of(error: errors.DomainError) -> int:
     return code_pb2.FAILED_PRECONDITION
 
 
+def cut(text: str, limit: int = MAX_TEXT) -> str:
+    """At most `limit` characters, saying so when cut."""
+    return text if len(text) <= limit else text[: limit - 12] + "…(truncated)"
+
+
 def to_status(error: errors.DomainError) -> grpc.Status:
     return rpc_status.to_status(to_status_proto(error))
 
 
-def to_status_proto(error: errors.DomainError) -> status_pb2.Status:
-    status = status_pb2.Status(code=code_of(error), message=error.message)
-    info = error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=error.metadata)
+def _packed(message: object) -> any_pb2.Any:
     detail = any_pb2.Any()
-    detail.Pack(info)
-    status.details.append(detail)
-    if isinstance(error, errors.InvalidArgument):
-        bad_request = error_details_pb2.BadRequest(
-            field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(
-                    field=v.field, description=v.description, reason=v.reason
+    detail.Pack(message)  # type: ignore[arg-type]
+    return detail
+
+
+def to_status_proto(error: errors.DomainError) -> status_pb2.Status:
+    violations = getattr(error, "violations", [])
+    shown = min(len(violations), MAX_VIOLATIONS)
+    while True:
+        status = _build(error, violations[:shown], len(violations) - shown)
+        if status.ByteSize() <= MAX_STATUS_BYTES or shown == 0:
+            return status
+        shown //= 2
+
+
+def _build(error: errors.DomainError, shown: list[errors.FieldViolation], omitted: int) -> status_pb2.Status:
+    metadata = {cut(k, 64): cut(v, 300) for k, v in list(error.metadata.items())[:16]}
+    message = error.message
+    if shown or omitted:
+        message = "; ".join(f"{v.field}: {v.description}" for v in shown)
+        if omitted:
+            metadata["violations_omitted"] = str(omitted)
+            message += f"; and {omitted} more"
+    status = status_pb2.Status(code=code_of(error), message=cut(message, 2 * MAX_TEXT))
+    status.details.append(_packed(error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=metadata)))
+    if shown:
+        status.details.append(
+            _packed(
+                error_details_pb2.BadRequest(
+                    field_violations=[
+                        error_details_pb2.BadRequest.FieldViolation(
+                            field=cut(v.field), description=cut(v.description), reason=v.reason
+                        )
+                        for v in shown
+                    ]
                 )
-                for v in error.violations
-            ]
+            )
         )
-        detail = any_pb2.Any()
-        detail.Pack(bad_request)
-        status.details.append(detail)
     return status

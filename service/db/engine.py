@@ -1,4 +1,5 @@
-"""Engines and migrations."""
+"""Connections: the pool each server process serves calls from (psycopg, async), and the
+SQLAlchemy engine that migrations run on."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 
-from service.db.transaction import SESSION_STATEMENT_TIMEOUT_S
+from psycopg_pool import AsyncConnectionPool
+
+from service.db.unit_of_work import SESSION_STATEMENT_TIMEOUT_S
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
@@ -21,29 +24,48 @@ def sqlalchemy_url(database_url: str) -> str:
     raise ValueError("DATABASE_URL must be a postgresql:// URL")
 
 
-def create_engine(
-    database_url: str, *, pool_size: int = 8, pool_timeout: float = 2.0, application_name: str = "identity-service"
-) -> sa.Engine:
-    """One engine per process, created after any fork. The pool never grows past pool_size, so
-    workers x pool_size bounds the connections the service opens."""
+def connection_options(application_name: str = "identity-service") -> dict[str, object]:
+    """libpq connection parameters of every connection the service opens."""
+    return {
+        "application_name": application_name,
+        "connect_timeout": 3,
+        # Caps for calls without a deadline; shorter deadlines are set per transaction.
+        "options": f"-c statement_timeout={int(SESSION_STATEMENT_TIMEOUT_S * 1000)}"
+        f" -c lock_timeout={int(SESSION_STATEMENT_TIMEOUT_S * 1000)}"
+        " -c idle_in_transaction_session_timeout=60000"
+        # A generic plan for every prepared statement: the hot statements are written so that
+        # their generic plans are index-bound (tests/db/test_plans.py), and re-planning each
+        # call doubled Postgres CPU per call.
+        " -c plan_cache_mode=force_generic_plan",
+    }
+
+
+def create_pool(database_url: str, *, size: int = 8, timeout: float = 2.0) -> AsyncConnectionPool:
+    """One pool per server process, created (and opened) in its event loop, after any fork.
+    It never grows past `size`, so workers x size bounds the connections the service opens.
+    Connections are in autocommit: the unit of work opens each transaction itself."""
+    return AsyncConnectionPool(
+        libpq_url(database_url),
+        min_size=size,
+        max_size=size,
+        timeout=timeout,
+        max_lifetime=1800,
+        kwargs={"autocommit": True, **connection_options()},
+        open=False,
+        name="identity",
+    )
+
+
+def libpq_url(database_url: str) -> str:
+    """DATABASE_URL as libpq takes it (no SQLAlchemy driver name)."""
+    return "postgresql://" + sqlalchemy_url(database_url)[len("postgresql+psycopg://"):]
+
+
+def create_engine(database_url: str, pool_size: int = 1) -> sa.Engine:
+    """A small synchronous engine for migrations and start-up work (never shared over a fork),
+    and for tests that read the tables themselves."""
     return sa.create_engine(
-        sqlalchemy_url(database_url),
-        pool_size=pool_size,
-        max_overflow=0,
-        pool_timeout=pool_timeout,
-        pool_pre_ping=False,
-        pool_recycle=1800,
-        connect_args={
-            "application_name": application_name,
-            "connect_timeout": 3,
-            # Caps for calls without a deadline; shorter deadlines are set per transaction.
-            "options": f"-c statement_timeout={int(SESSION_STATEMENT_TIMEOUT_S * 1000)}"
-            f" -c lock_timeout={int(SESSION_STATEMENT_TIMEOUT_S * 1000)}"
-            " -c idle_in_transaction_session_timeout=60000"
-            # A generic plan for every prepared statement: the hot statements have the same
-            # best plan for all values, and re-planning each call doubled Postgres CPU per call.
-            " -c plan_cache_mode=force_generic_plan",
-        },
+        sqlalchemy_url(database_url), pool_size=pool_size, max_overflow=0, connect_args=connection_options()
     )
 
 

@@ -1,15 +1,16 @@
 """Watches the database from each server process: while it does not answer, calls fail fast
 with UNAVAILABLE and the health service reports NOT_SERVING; service resumes by itself once it
-answers again."""
+answers again, on a fresh pool (connections pooled before an outage are dead)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import threading
-from typing import Callable
+from typing import Awaitable, Callable
 
 import psycopg
-import sqlalchemy as sa
+
+from service.db.engine import connection_options
 
 log = logging.getLogger(__name__)
 
@@ -17,43 +18,50 @@ log = logging.getLogger(__name__)
 class DatabaseMonitor:
     """Pings on a connection of its own (never the call pool, which may be busy under load)."""
 
-    def __init__(self, engine: sa.Engine, on_change: Callable[[bool], None], interval: float = 0.5):
-        self.engine = engine
-        self.url = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    def __init__(
+        self,
+        url: str,
+        on_change: Callable[[bool], Awaitable[None]],
+        interval: float = 0.5,
+    ):
+        self.url = url
         self.on_change = on_change
         self.interval = interval
         self.available = True
-        self._conn: psycopg.Connection | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="db-monitor", daemon=True)
+        self._conn: psycopg.AsyncConnection | None = None
+        self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self._thread.start()
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="db-monitor")
 
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
         if self._conn is not None:
-            self._conn.close()
+            await self._conn.close()
 
-    def check(self) -> bool:
+    async def check(self) -> bool:
         try:
             if self._conn is None or self._conn.closed:
-                self._conn = psycopg.connect(self.url, autocommit=True, connect_timeout=2)
-            self._conn.execute("SELECT 1")
+                options = {**connection_options("identity-service-monitor"), "connect_timeout": 2}
+                self._conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True, **options)
+            await asyncio.wait_for(self._conn.execute("SELECT 1"), timeout=2)
             return True
-        except psycopg.Error:
+        except (psycopg.Error, OSError, asyncio.TimeoutError):
             if self._conn is not None:
-                self._conn.close()
+                await self._conn.close()
             self._conn = None
             return False
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            ok = self.check()
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            ok = await self.check()
             if ok != self.available:
                 self.available = ok
-                # Connections pooled before the change are dead or about to be: start afresh.
-                self.engine.dispose()
                 log.warning("database %s", "available again" if ok else "unavailable")
-                self.on_change(ok)
+                await self.on_change(ok)

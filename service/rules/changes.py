@@ -1,42 +1,14 @@
-"""What a decision asks the repository to write, and the lookups it needs first."""
+"""Applying changes to a person (R14), with R6's limit on the person as stored."""
 
 from __future__ import annotations
 
-import enum
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime
 from typing import Mapping
 
 from service.domain import JsonValue, Person
 from service.errors import FailedPrecondition
 from service.rules.validation import MAX_ATTRIBUTES
-
-
-class Write(enum.Enum):
-    NONE = "NONE"
-    INSERT = "INSERT"
-    UPDATE = "UPDATE"
-    DELETE = "DELETE"
-
-
-@dataclass(frozen=True)
-class Change:
-    """Write `person` as `write` says, after deleting the people in `deleted` (a merge's
-    secondary, deleted first so that its identifiers are free for the primary)."""
-
-    write: Write
-    person: Person
-    deleted: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Lookup:
-    """The people a decision needs, found (and locked) in one statement: those whose cio_id,
-    id key or email key is among these."""
-
-    cio_ids: tuple[str, ...] = ()
-    id_keys: tuple[str, ...] = ()
-    email_keys: tuple[str, ...] = ()
 
 
 class _Unset:

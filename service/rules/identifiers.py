@@ -1,4 +1,5 @@
-"""References (R5, R7) and changes to one identifier: update (R20-R24) and delete (R30-R32)."""
+"""References (R5, R7) and who a lookup finds, and changes to one identifier: update (R20-R24)
+and delete (R30-R32)."""
 
 from __future__ import annotations
 
@@ -6,21 +7,64 @@ from datetime import datetime
 from typing import Iterable
 
 from service.domain import Field, Mode, Person, Ref, Settings
-from service.errors import AlreadyExists, FailedPrecondition, NotFound
-from service.rules.changes import Change, Lookup, Write, apply_to_person
+from service.errors import AlreadyExists, FailedPrecondition, FieldViolation, NotFound
+from service.rules.changes import apply_to_person
+from service.rules.decisions import Decision, Lookup, Write
 from service.rules.modes import is_identifier, sole_identifier
-from service.rules.validation import check_cio_id, check_email, check_id, email_key, raise_if
+from service.rules.validation import check_cio_id, check_email, check_id, check_workspace_id, email_key, raise_if
 
 
-def check_ref(ref: Ref, field: str = "person") -> None:
-    """R5/R3/R4: the referenced value is well formed (INVALID_ARGUMENT otherwise)."""
-    name = f"{field}.{ref.field.value}"
-    if ref.field == Field.CIO_ID:
-        raise_if(check_cio_id(ref.value, name))
-    elif ref.field == Field.ID:
-        raise_if(check_id(ref.value, name))
-    else:
-        raise_if(check_email(ref.value, name))
+def matches(mode: Mode, person: Person, field: Field, value: str) -> bool:
+    """Whether `field` = `value` names `person` in a workspace of `mode`: cio_id always; id
+    (case-sensitively) and email (by its key, R4) only where they are identifiers (R1, R7): an
+    attribute never names anyone."""
+    if not is_identifier(mode, field):
+        return False
+    if field == Field.CIO_ID:
+        return person.cio_id == value
+    if field == Field.ID:
+        return person.id == value
+    return person.email is not None and email_key(person.email) == email_key(value)
+
+
+def find(mode: Mode, people: Iterable[Person], field: Field, value: str | None) -> Person | None:
+    """The person `field` = `value` names among `people` (per `matches`), if any."""
+    if value is None:
+        return None
+    for p in people:
+        if matches(mode, p, field, value):
+            return p
+    return None
+
+
+def found(mode: Mode, lookup: Lookup, people: Iterable[Person]) -> list[Person]:
+    """Who `lookup` finds among `people`: the meaning of a Lookup, which the repository
+    implements with its unique keys."""
+    wanted = ((Field.CIO_ID, lookup.cio_ids), (Field.ID, lookup.ids), (Field.EMAIL, lookup.emails))
+    return [p for p in people if any(matches(mode, p, field, v) for field, values in wanted for v in values)]
+
+
+def lookup_for(field: Field, value: str) -> Lookup:
+    """The lookup of the person `field` = `value` names."""
+    if field == Field.CIO_ID:
+        return Lookup(cio_ids=(value,))
+    if field == Field.ID:
+        return Lookup(ids=(value,))
+    return Lookup(emails=(value,))
+
+
+def _shape(field: Field, value: str, name: str) -> list[FieldViolation]:
+    """R5/R3/R4: the shape of a cio_id, id or email."""
+    check = {Field.CIO_ID: check_cio_id, Field.ID: check_id, Field.EMAIL: check_email}[field]
+    return check(value, name)
+
+
+def ref_lookup(workspace_id: str, ref: Ref) -> Lookup:
+    """The person a reference names. The shapes (R8's workspace id; R5/R3/R4 for the reference)
+    are checked here, once, before any database work, every bad field named (R42); whether the
+    field may reference at all (R7) depends on the settings: resolve."""
+    raise_if(check_workspace_id(workspace_id) + _shape(ref.field, ref.value, f"person.{ref.field.value}"))
+    return lookup_for(ref.field, ref.value)
 
 
 def require_identifier(settings: Settings, field: Field, what: str) -> None:
@@ -34,48 +78,15 @@ def require_identifier(settings: Settings, field: Field, what: str) -> None:
         )
 
 
-def ref_lookup(ref: Ref) -> Lookup:
-    """The person a well-formed reference names (R5/R3/R4 checked here, before any database work;
-    whether the field may reference at all, R7, depends on the settings: check_ref_allowed)."""
-    check_ref(ref)
-    return lookup_for(ref.field, ref.value)
-
-
 def check_ref_allowed(settings: Settings, ref: Ref) -> None:
     """R7: a reference uses an identifier of the workspace."""
     require_identifier(settings, ref.field, "it cannot reference a person")
 
 
-def lookup_for(field: Field, value: str) -> Lookup:
-    if field == Field.CIO_ID:
-        return Lookup(cio_ids=(value,))
-    if field == Field.ID:
-        return Lookup(id_keys=(value,))
-    return Lookup(email_keys=(email_key(value),))
-
-
-def matches(person: Person, field: Field, value: str) -> bool:
-    """Whether `person` is the one `field`=`value` names: id case-sensitively, email by key."""
-    if field == Field.CIO_ID:
-        return person.cio_id == value
-    if field == Field.ID:
-        return person.id == value
-    return person.email is not None and email_key(person.email) == email_key(value)
-
-
-def find(people: Iterable[Person], field: Field, value: str | None) -> Person | None:
-    if value is None:
-        return None
-    for p in people:
-        if matches(p, field, value):
-            return p
-    return None
-
-
 def resolve(settings: Settings, people: Iterable[Person], ref: Ref) -> Person:
-    """R7, then R5/R8: the referenced person, or NOT_FOUND."""
+    """R7, then R5/R8: the referenced person among those ref_lookup found, or NOT_FOUND."""
     check_ref_allowed(settings, ref)
-    person = find(people, ref.field, ref.value)
+    person = find(settings.mode, people, ref.field, ref.value)
     if person is None:
         raise NotFound(
             "PERSON_NOT_FOUND",
@@ -89,21 +100,16 @@ def current_value(person: Person, field: Field) -> str | None:
     return person.id if field == Field.ID else person.email
 
 
-def is_same_value(field: Field, current: str | None, new: str) -> bool:
-    """R24: a new value equal to the current one changes nothing (for email: exactly equal)."""
-    return current == new
-
-
 def judge_identifier_change(
     settings: Settings, person: Person, field: Field, new: str, via: Field, owner: Person | None
 ) -> bool:
     """Whether `person`'s `field` may become `new` when the person was referenced by `via`;
     True if it is a change, False if `new` equals the current value. Refuses by R20-R24.
-    `owner` is whoever holds `new` already (by id, or by email key), if anyone."""
+    `owner` is whoever holds `new` already (by id, or by email key), if anyone. `field` is an
+    identifier of the workspace (R23 is the caller's)."""
     mode = settings.mode
-    require_identifier(settings, field, "it is an attribute, changed through Identify")  # R23
     current = current_value(person, field)
-    if is_same_value(field, current, new):  # R24, second sentence
+    if current == new:  # R24, second sentence: equal (for email: exactly equal) changes nothing
         return False
     if field == sole_identifier(mode):
         # R22: the sole identifier changes only through cio_id, and only when allowed.
@@ -153,65 +159,57 @@ def judge_identifier_change(
     return True
 
 
-def check_new_value(field: Field, value: str) -> None:
-    """R3/R4 for the value of UpdateIdentifier."""
-    raise_if(check_id(value, "value") if field == Field.ID else check_email(value, "value"))
-
-
-def _refuse_cio_id_update(field: Field) -> None:
-    """Section 1: a cio_id is immutable."""
+def update_identifier_lookup(workspace_id: str, ref: Ref, field: Field, value: str) -> Lookup:
+    """The person referenced and whoever owns the new value, in one lookup. Checked here, once,
+    before any database work: the shapes of the workspace id, the reference and the new value,
+    all reported together (R42); then that a cio_id is immutable (section 1)."""
+    violations = check_workspace_id(workspace_id) + _shape(ref.field, ref.value, f"person.{ref.field.value}")
+    if field != Field.CIO_ID:
+        violations += _shape(field, value, "value")
+    raise_if(violations)
     if field == Field.CIO_ID:
         raise FailedPrecondition(
             "CIO_ID_IMMUTABLE", "a cio_id is generated by the service and never changes", {"field": "cio_id"}
         )
-
-
-def _refuse_cio_id_delete(field: Field) -> None:
-    """R30: a cio_id can never be deleted."""
-    if field == Field.CIO_ID:
-        raise FailedPrecondition(
-            "CIO_ID_NOT_DELETABLE", "a person's cio_id can never be deleted", {"field": "cio_id"}
-        )
-
-
-def update_identifier_lookup(ref: Ref, field: Field, value: str) -> Lookup:
-    """The person referenced and whoever owns the new value, in one lookup."""
-    _refuse_cio_id_update(field)
-    check_new_value(field, value)
-    ref_keys = ref_lookup(ref)
-    owner = lookup_for(field, value)
-    return Lookup(
-        cio_ids=ref_keys.cio_ids,
-        id_keys=ref_keys.id_keys + owner.id_keys,
-        email_keys=ref_keys.email_keys + owner.email_keys,
-    )
+    person, owner = lookup_for(ref.field, ref.value), lookup_for(field, value)
+    return Lookup(person.cio_ids, person.ids + owner.ids, person.emails + owner.emails)
 
 
 def decide_update_identifier(
     settings: Settings, ref: Ref, field: Field, value: str, people: list[Person], now: datetime
-) -> Change:
-    """R20-R24: the person with `field` set to `value`, or a refusal."""
-    _refuse_cio_id_update(field)
+) -> Decision:
+    """R20-R24: the person with `field` set to `value`, or a refusal. The request is as
+    update_identifier_lookup validated it (shapes, and `field` is id or email); `people` are
+    those its lookup found."""
+    assert field != Field.CIO_ID, "update_identifier_lookup refuses a cio_id change"
     require_identifier(settings, field, "it is an attribute, changed through Identify")  # R23
     person = resolve(settings, people, ref)  # R22: no match is NOT_FOUND
-    owner = find(people, field, value)
+    owner = find(settings.mode, people, field, value)
     if not judge_identifier_change(settings, person, field, value, ref.field, owner):
-        return Change(Write.NONE, person)
+        return Decision(Write.NONE, person, rule="R24")
+    rule = "R22" if field == sole_identifier(settings.mode) else "R20" if field == Field.EMAIL else "R21"
     if field == Field.ID:
-        return Change(Write.UPDATE, apply_to_person(person, now, id=value))
-    return Change(Write.UPDATE, apply_to_person(person, now, email=value))
+        return Decision(Write.UPDATE, apply_to_person(person, now, id=value), rule=rule)
+    return Decision(Write.UPDATE, apply_to_person(person, now, email=value), rule=rule)
 
 
-def delete_identifier_lookup(ref: Ref, field: Field) -> Lookup:
-    _refuse_cio_id_delete(field)
-    return ref_lookup(ref)
+def delete_identifier_lookup(workspace_id: str, ref: Ref, field: Field) -> Lookup:
+    """The person referenced. Checked here, once: the shapes of the workspace id and the
+    reference (R42), then that a cio_id is never deleted (R30)."""
+    lookup = ref_lookup(workspace_id, ref)
+    if field == Field.CIO_ID:  # R30
+        raise FailedPrecondition(
+            "CIO_ID_NOT_DELETABLE", "a person's cio_id can never be deleted", {"field": "cio_id"}
+        )
+    return lookup
 
 
 def decide_delete_identifier(
     settings: Settings, ref: Ref, field: Field, people: list[Person], now: datetime
-) -> Change:
-    """R31-R32: the person without `field`, or a refusal."""
-    _refuse_cio_id_delete(field)
+) -> Decision:
+    """R31-R32: the person without `field`, or a refusal. The request is as
+    delete_identifier_lookup validated it (`field` is id or email)."""
+    assert field != Field.CIO_ID, "delete_identifier_lookup refuses a cio_id deletion (R30)"
     require_identifier(settings, field, "it is an attribute, removed through Identify")  # R32/R23
     person = resolve(settings, people, ref)
     mode = settings.mode
@@ -222,9 +220,9 @@ def decide_delete_identifier(
             {"field": field.value, "identifier_mode": mode.value},
         )
     if current_value(person, field) is None:  # R31: nothing to remove
-        return Change(Write.NONE, person)
+        return Decision(Write.NONE, person, rule="R31")
     other = Field.EMAIL if field == Field.ID else Field.ID
-    if mode == Mode.EMAIL_OR_ID and current_value(person, other) is None:  # R31
+    if current_value(person, other) is None:  # R31 (EMAIL_OR_ID: the only mode left here)
         raise FailedPrecondition(
             "LAST_IDENTIFIER",
             f"{field.value} is the person's last identifier besides cio_id; a person keeps an id "
@@ -232,9 +230,10 @@ def decide_delete_identifier(
             {"field": field.value},
         )
     if field == Field.ID:
-        return Change(Write.UPDATE, apply_to_person(person, now, id=None))
-    return Change(Write.UPDATE, apply_to_person(person, now, email=None))
+        return Decision(Write.UPDATE, apply_to_person(person, now, id=None), rule="R31")
+    return Decision(Write.UPDATE, apply_to_person(person, now, email=None), rule="R31")
 
 
-def decide_delete_person(settings: Settings, ref: Ref, people: list[Person]) -> Change:
-    return Change(Write.DELETE, resolve(settings, people, ref))
+def decide_delete_person(settings: Settings, ref: Ref, people: list[Person]) -> Decision:
+    """DeletePerson: the referenced person (R7), deleted; NOT_FOUND if nobody matches."""
+    return Decision(Write.DELETE, resolve(settings, people, ref))

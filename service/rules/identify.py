@@ -8,7 +8,8 @@ from typing import Mapping
 
 from service.domain import Field, IdentifyInput, JsonValue, Mode, Outcome, Person, Settings
 from service.errors import AlreadyExists, FailedPrecondition, FieldViolation, NotFound
-from service.rules.changes import UNSET, Change, Lookup, Write, _Unset, apply_to_person
+from service.rules.changes import UNSET, _Unset, apply_to_person
+from service.rules.decisions import Decision, Lookup, Write
 from service.rules.identifiers import find, judge_identifier_change
 from service.rules.modes import is_identifier, reserved_attribute_names
 from service.rules.validation import (
@@ -16,6 +17,8 @@ from service.rules.validation import (
     check_cio_id,
     check_email,
     check_id,
+    check_reserved_names,
+    check_workspace_id,
     email_key,
     raise_if,
 )
@@ -35,9 +38,9 @@ class _Parts:
 
 def _split(settings: Settings, req: IdentifyInput) -> _Parts:
     """Validates what depends on the mode (R6's reserved names, R9, R12) and splits the request
-    by it (R1). The shapes of cio_id, id and email were checked by identify_lookup."""
+    by it (R1). The shapes (R3-R6) were checked by identify_lookup, and are not checked again."""
     mode = settings.mode
-    violations = check_attributes(req.attributes, reserved_attribute_names(mode))
+    violations = check_reserved_names(req.attributes, reserved_attribute_names(mode))
 
     attributes = dict(req.attributes)
     field_attrs: dict[Field, str | None | _Unset] = {Field.ID: UNSET, Field.EMAIL: UNSET}
@@ -78,29 +81,25 @@ def _split(settings: Settings, req: IdentifyInput) -> _Parts:
     return _Parts(id_, email, field_attrs[Field.ID], field_attrs[Field.EMAIL], attributes)
 
 
-def _identifier_shape_violations(req: IdentifyInput) -> list[FieldViolation]:
-    """R3-R5: the shapes of cio_id, id and email, whatever the mode."""
-    violations: list[FieldViolation] = []
+def identify_lookup(req: IdentifyInput) -> Lookup:
+    """The people the decision needs: the one with the cio_id (R10), the one whose id matches and
+    the one whose email matches (R11). It does not depend on the mode: where id or email is not
+    an identifier it names nobody (identifiers.found). The shapes are checked here, once, before
+    any database work, every bad field named (R42): the workspace id (R8), cio_id, id and email
+    (R3-R5, whatever the mode) and the attributes (R6 but for the reserved names, which depend
+    on the mode: decide_identify)."""
+    violations = check_workspace_id(req.workspace_id)
     if req.cio_id is not None:
         violations += check_cio_id(req.cio_id)
     if req.id is not None:
         violations += check_id(req.id)
     if req.email is not None:
         violations += check_email(req.email)
-    return violations
-
-
-def identify_lookup(req: IdentifyInput) -> Lookup:
-    """The people the decision needs: the one with the cio_id (R10), the one whose id matches and
-    the one whose email matches (R11). It does not depend on the mode: the id and email keys are
-    stored only where they are identifiers (modes.keys_for), so an attribute matches nobody.
-    The shapes are checked here, before any database work; decide_identify checks the rest."""
-    # R3-R6 as far as they do not depend on the mode (reserved names do: decide_identify).
-    raise_if(_identifier_shape_violations(req) + check_attributes(req.attributes, frozenset()))
+    raise_if(violations + check_attributes(req.attributes))
     return Lookup(
         cio_ids=(req.cio_id,) if req.cio_id is not None else (),
-        id_keys=(req.id,) if req.id is not None else (),
-        email_keys=(email_key(req.email),) if req.email is not None else (),
+        ids=(req.id,) if req.id is not None else (),
+        emails=(req.email,) if req.email is not None else (),
     )
 
 
@@ -110,22 +109,23 @@ def decide_identify(
     people: list[Person],
     now: datetime,
     new_cio_id: str,
-) -> tuple[Change, Outcome]:
+) -> Decision:
     """R10-R15: what Identify does, given the people found by identify_lookup (which the request
-    must have passed: it checks the shapes, R3-R5)."""
+    must have passed: it checks the shapes, R3-R6, and they are not checked again here)."""
     parts = _split(settings, req)
     if req.cio_id is not None:
         return _identify_by_cio_id(settings, req, parts, people, now)
 
-    a = find(people, Field.ID, parts.id)  # R11: the person whose id matches
-    b = find(people, Field.EMAIL, parts.email)  # R11: the person whose email matches
+    mode = settings.mode
+    a = find(mode, people, Field.ID, parts.id)  # R11: the person whose id matches
+    b = find(mode, people, Field.EMAIL, parts.email)  # R11: the person whose email matches
 
     if a is None and b is None:
         if req.update_only:
             raise NotFound("PERSON_NOT_FOUND", "no person matches and update_only is set", {"update_only": "true"})
         created = Person(new_cio_id, None, None, {}, now, now)
-        person = _update(settings, created, parts, now, set_id=parts.id, set_email=parts.email)
-        return Change(Write.INSERT, replace(person, created_at=now, updated_at=now)), Outcome.CREATED
+        person = _update(created, parts, now, set_id=parts.id, set_email=parts.email)
+        return Decision(Write.INSERT, replace(person, created_at=now, updated_at=now), outcome=Outcome.CREATED, rule="R11")
 
     if a is not None and (b is None or b.cio_id == a.cio_id):
         # R11 rows "found, none" and "found, found same": update A. A new email is a change of
@@ -134,7 +134,7 @@ def decide_identify(
         if parts.email is not None and b is None:
             if judge_identifier_change(settings, a, Field.EMAIL, parts.email, Field.ID, None):
                 new_email = parts.email
-        return _updated(a, _update(settings, a, parts, now, set_email=new_email))
+        return _updated(a, _update(a, parts, now, set_email=new_email), "R11")
 
     if a is None and b is not None:
         # R11 row "none, found": update B; a new id is set through an email reference (R21).
@@ -142,11 +142,11 @@ def decide_identify(
         if parts.id is not None:
             if judge_identifier_change(settings, b, Field.ID, parts.id, Field.EMAIL, None):
                 new_id = parts.id
-        return _updated(b, _update(settings, b, parts, now, set_id=new_id))
+        return _updated(b, _update(b, parts, now, set_id=new_id), "R11")
 
     assert a is not None and b is not None and a.cio_id != b.cio_id
-    if settings.auto_merge and settings.mode == Mode.EMAIL_OR_ID and a.email is None and b.id is None:
-        return _merge(settings, a, b, parts, now)
+    if settings.auto_merge and mode == Mode.EMAIL_OR_ID and a.email is None and b.id is None:
+        return _merge(a, b, parts, now)  # R13
     # R11 last row without R13: the email the request gives to A belongs to B.
     raise AlreadyExists(
         "IDENTIFIER_ALREADY_EXISTS",
@@ -158,10 +158,11 @@ def decide_identify(
 
 def _identify_by_cio_id(
     settings: Settings, req: IdentifyInput, parts: _Parts, people: list[Person], now: datetime
-) -> tuple[Change, Outcome]:
+) -> Decision:
     """R10: the person must exist; id and email are changes through a cio_id reference,
     judged by R20-R23, and R24 for values owned by someone else."""
-    person = find(people, Field.CIO_ID, req.cio_id)
+    mode = settings.mode
+    person = find(mode, people, Field.CIO_ID, req.cio_id)
     if person is None:
         raise NotFound("PERSON_NOT_FOUND", f"no person with cio_id {req.cio_id!r}", {"field": "cio_id"})
     new_id = new_email = None
@@ -175,14 +176,14 @@ def _identify_by_cio_id(
             {"field": "id", "cio_id": person.cio_id},
         )
     if parts.id is not None:
-        owner = find(people, Field.ID, parts.id)
+        owner = find(mode, people, Field.ID, parts.id)
         if judge_identifier_change(settings, person, Field.ID, parts.id, Field.CIO_ID, owner):
             new_id = parts.id
     if parts.email is not None and not _same_email(person.email, parts.email):
-        owner = find(people, Field.EMAIL, parts.email)
+        owner = find(mode, people, Field.EMAIL, parts.email)
         if judge_identifier_change(settings, person, Field.EMAIL, parts.email, Field.CIO_ID, owner):
             new_email = parts.email
-    return _updated(person, _update(settings, person, parts, now, set_id=new_id, set_email=new_email))
+    return _updated(person, _update(person, parts, now, set_id=new_id, set_email=new_email), "R10")
 
 
 def _same_email(current: str | None, new: str) -> bool:
@@ -191,24 +192,23 @@ def _same_email(current: str | None, new: str) -> bool:
     return current is not None and email_key(current) == email_key(new)
 
 
-def _merge(
-    settings: Settings, a: Person, b: Person, parts: _Parts, now: datetime
-) -> tuple[Change, Outcome]:
+def _merge(a: Person, b: Person, parts: _Parts, now: datetime) -> Decision:
     """R13: the older person (earlier creation, ties broken by cio_id) is the primary; it ends
-    with A's id and B's email; an attribute empty on the primary takes the secondary's value;
-    then the request's attributes apply. The secondary is deleted, in the same transaction."""
+    with A's id and B's email; an attribute empty (absent or "") on the primary takes the
+    secondary's value; then the request's attributes apply. R6: the merged person has at most
+    300 attributes (FAILED_PRECONDITION otherwise, as any change, apply_to_person). The
+    secondary is deleted, in the same transaction."""
     primary, secondary = sorted((a, b), key=lambda p: (p.created_at, p.cio_id))
-    attributes = dict(primary.attributes)
-    for name, value in secondary.attributes.items():
-        if attributes.get(name) in (None, ""):
-            attributes[name] = value
-    combined = replace(primary, id=a.id, email=b.email, attributes=attributes, updated_at=now)
-    person = _update(settings, combined, parts, now)
-    return Change(Write.UPDATE, replace(person, updated_at=now), deleted=(secondary.cio_id,)), Outcome.MERGED
+    changes: dict[str, JsonValue] = {
+        name: value for name, value in secondary.attributes.items() if primary.attributes.get(name) in (None, "")
+    }
+    changes.update(parts.attributes)
+    # The primary always gains an identifier (A has no email, B no id), so this is a change.
+    person = apply_to_person(primary, now, id=a.id, email=b.email, attributes=changes)
+    return Decision(Write.UPDATE, person, deleted=(secondary.cio_id,), outcome=Outcome.MERGED, rule="R13")
 
 
 def _update(
-    settings: Settings,
     person: Person,
     parts: _Parts,
     now: datetime,
@@ -222,7 +222,8 @@ def _update(
     return apply_to_person(person, now, id=id_, email=email, attributes=parts.attributes)
 
 
-def _updated(before: Person, after: Person) -> tuple[Change, Outcome]:
+def _updated(before: Person, after: Person, rule: str) -> Decision:
+    """R15: UNCHANGED when nothing changed (nothing is written), else UPDATED."""
     if after is before:
-        return Change(Write.NONE, before), Outcome.UNCHANGED
-    return Change(Write.UPDATE, after), Outcome.UPDATED
+        return Decision(Write.NONE, before, outcome=Outcome.UNCHANGED, rule=rule)
+    return Decision(Write.UPDATE, after, outcome=Outcome.UPDATED, rule=rule)

@@ -1,14 +1,16 @@
-"""Identifier modes: which fields are identifiers (R1), the keys that the unique indexes hold
-(R41), and settings changes validated against the data (R2)."""
+"""Identifier modes: which fields are identifiers (R1), and settings changes validated against
+the data (R2)."""
 
 from __future__ import annotations
 
 import enum
+from collections import Counter
 from dataclasses import dataclass, replace
-from typing import Mapping
+from typing import Iterable, Mapping
 
 from service.domain import Field, Mode, Person, Settings
 from service.errors import FailedPrecondition
+from service.rules.validation import email_key
 
 # R1: cio_id is always an identifier; id and/or email depending on the mode.
 _IDENTIFIERS: dict[Mode, frozenset[Field]] = {
@@ -104,13 +106,34 @@ def mode_change_checks(current: Mode, new: Mode) -> list[Check]:
     return checks
 
 
+def check_people(check: Check, people: Iterable[Person]) -> CheckResult:
+    """R2: who among `people` breaks `check`, and a sample of their cio_ids (the first
+    SAMPLE_SIZE in cio_id order). The definition the repository implements in SQL over a whole
+    workspace. The facts are about the stored fields, whatever the current mode: a person "has
+    an id" when Person.id is set, even where id is an attribute."""
+    people = list(people)
+    if check == Check.EVERY_PERSON_HAS_ID:
+        bad = [p for p in people if p.id is None]
+    elif check == Check.EVERY_PERSON_HAS_EMAIL:
+        bad = [p for p in people if p.email is None]
+    else:
+        if check == Check.IDS_UNIQUE:
+            keys = [p.id for p in people]
+        else:  # EMAILS_UNIQUE: case-insensitively, by the email key
+            keys = [email_key(p.email) if p.email is not None else None for p in people]
+        counts = Counter(keys)
+        bad = [p for p, k in zip(people, keys) if k is not None and counts[k] > 1]
+    sample = sorted(p.cio_id for p in bad)[:SAMPLE_SIZE]
+    return CheckResult(len(bad), tuple(sample))
+
+
 def decide_settings_change(
     current: Settings, new: Settings, results: Mapping[Check, CheckResult]
 ) -> Settings:
-    """R2: the new settings, or FAILED_PRECONDITION naming the offending people; nothing changes
-    on refusal. `results` must hold every check of mode_change_checks(current.mode, new.mode)."""
-    for check in mode_change_checks(current.mode, new.mode):
-        result = results[check]
+    """R2: the new settings, or FAILED_PRECONDITION naming the offending people (the first
+    failing check, in the order given); nothing changes on refusal. `results` are the outcomes
+    of exactly mode_change_checks(current.mode, new.mode), as the caller ran them."""
+    for check, result in results.items():
         if result.offending:
             reason, message = _CHECK_REASON[check]
             raise FailedPrecondition(

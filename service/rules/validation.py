@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
+import math
 import re
 import secrets
 import unicodedata
+from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from typing import Mapping
 
 from email_validator import EmailNotValidError, validate_email
@@ -18,6 +19,7 @@ EMAIL_MAX_CHARS = 254
 MAX_ATTRIBUTES = 300
 ATTRIBUTE_NAME_MAX_BYTES = 150
 ATTRIBUTE_VALUE_MAX_BYTES = 1000
+MAX_VALUE_DEPTH = 16  # levels of lists and objects in one value (R6, [choice])
 
 CIO_ID_LENGTH = 20
 # Crockford's base32 alphabet: letters and digits only, no look-alikes (R5, [choice] in section 1).
@@ -100,49 +102,119 @@ def check_cio_id(value: str, field: str = "cio_id") -> list[FieldViolation]:
     return []
 
 
-def check_attributes(
-    attributes: Mapping[str, JsonValue], reserved: frozenset[str], field: str = "attributes"
-) -> list[FieldViolation]:
-    """R6: at most 300 names; a name is 1..150 bytes; a value's JSON encoding is at most 1000
-    bytes; names in `reserved` (the workspace's identifiers) are refused."""
+def check_attributes(attributes: Mapping[str, JsonValue], field: str = "attributes") -> list[FieldViolation]:
+    """R6, the shapes (whatever the mode): at most 300 names; a name is 1..150 bytes of UTF-8
+    without NUL; a value is JSON (numbers finite, strings without NUL, at most 16 levels of
+    lists and objects) whose encoding is at most 1000 bytes. A null value removes that name.
+    Each value is walked once, its JSON size counted on the way. Which names are reserved
+    depends on the mode: check_reserved_names."""
     violations: list[FieldViolation] = []
     if len(attributes) > MAX_ATTRIBUTES:
         violations.append(
             FieldViolation(field, f"must have at most {MAX_ATTRIBUTES} names", "TOO_MANY_ATTRIBUTES")
         )
     for name, value in attributes.items():
-        size = len(name.encode("utf-8", "surrogatepass"))
-        if size == 0 or size > ATTRIBUTE_NAME_MAX_BYTES:
-            violations.append(
-                FieldViolation(
-                    f"{field}.{name}",
-                    f"name must be 1 to {ATTRIBUTE_NAME_MAX_BYTES} bytes",
-                    "INVALID_ATTRIBUTE_NAME",
-                )
-            )
+        problem = _name_problem(name)
+        if problem:
+            violations.append(FieldViolation(f"{field}.{name}", problem, "INVALID_ATTRIBUTE_NAME"))
             continue
-        if name in reserved:
-            violations.append(
-                FieldViolation(
-                    f"{field}.{name}",
-                    f"'{name}' is an identifier in this workspace, not an attribute",
-                    "RESERVED_ATTRIBUTE_NAME",
-                )
-            )
+        if value is None:
             continue
-        if value is not None and attribute_size(value) > ATTRIBUTE_VALUE_MAX_BYTES:
-            violations.append(
-                FieldViolation(
-                    f"{field}.{name}",
-                    f"value must be at most {ATTRIBUTE_VALUE_MAX_BYTES} bytes of JSON",
-                    "ATTRIBUTE_VALUE_TOO_LARGE",
-                )
-            )
+        try:
+            _json_size(value, 0, 0)
+        except _BadValue as bad:
+            violations.append(FieldViolation(f"{field}.{name}", bad.description, bad.reason))
     return violations
 
 
-def attribute_size(value: JsonValue) -> int:
-    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+def check_reserved_names(
+    attributes: Mapping[str, JsonValue], reserved: frozenset[str], field: str = "attributes"
+) -> list[FieldViolation]:
+    """R6: names in `reserved` (the workspace's identifiers, modes.reserved_attribute_names) are
+    not attributes."""
+    return [
+        FieldViolation(
+            f"{field}.{name}",
+            f"'{name}' is an identifier in this workspace, not an attribute",
+            "RESERVED_ATTRIBUTE_NAME",
+        )
+        for name in attributes
+        if name in reserved
+    ]
+
+
+def _name_problem(name: str) -> str:
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "name must be valid Unicode (no lone surrogates)"
+    if size == 0 or size > ATTRIBUTE_NAME_MAX_BYTES:
+        return f"name must be 1 to {ATTRIBUTE_NAME_MAX_BYTES} bytes"
+    if "\x00" in name:
+        return "name must not contain NUL characters"
+    return ""
+
+
+class _BadValue(Exception):
+    def __init__(self, description: str, reason: str = "INVALID_ATTRIBUTE_VALUE"):
+        super().__init__(description)
+        self.description = description
+        self.reason = reason
+
+
+def _too_large() -> _BadValue:
+    return _BadValue(f"value must be at most {ATTRIBUTE_VALUE_MAX_BYTES} bytes of JSON", "ATTRIBUTE_VALUE_TOO_LARGE")
+
+
+# An int of more bits than this has more digits than the limit has bytes (and Python refuses to
+# print ints beyond 4300 digits).
+_INT_MAX_BITS = ATTRIBUTE_VALUE_MAX_BYTES * 10 // 3
+
+
+def _json_size(value: JsonValue, depth: int, size: int) -> int:
+    """`size` plus the bytes of `value`'s compact JSON encoding (UTF-8, as json.dumps with
+    ensure_ascii=False and separators (",", ":")); raises _BadValue for what is not JSON, or
+    as soon as the size passes the limit."""
+    if isinstance(value, str):
+        size += _string_size(value)
+    elif value is None:
+        size += 4
+    elif isinstance(value, bool):
+        size += 4 if value else 5
+    elif isinstance(value, int):
+        if value.bit_length() > _INT_MAX_BITS:
+            raise _too_large()
+        size += len(int.__repr__(value))
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise _BadValue("numbers must be finite")
+        size += len(float.__repr__(value))
+    elif isinstance(value, (list, tuple, dict)):
+        if depth == MAX_VALUE_DEPTH:
+            raise _BadValue(f"must not nest lists and objects more than {MAX_VALUE_DEPTH} levels deep")
+        size += 2 + max(len(value) - 1, 0)  # brackets and commas
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if not isinstance(key, str):
+                    raise _BadValue("object keys must be strings")
+                size = _json_size(item, depth + 1, size + _string_size(key) + 1)  # key and ':'
+        else:
+            for item in value:
+                size = _json_size(item, depth + 1, size)
+    else:
+        raise _BadValue(f"{type(value).__name__} is not a JSON value")
+    if size > ATTRIBUTE_VALUE_MAX_BYTES:
+        raise _too_large()
+    return size
+
+
+def _string_size(value: str) -> int:
+    if "\x00" in value:
+        raise _BadValue("strings must not contain NUL characters")
+    try:
+        return len(encode_basestring(value).encode("utf-8"))
+    except UnicodeEncodeError:
+        raise _BadValue("strings must be valid Unicode (no lone surrogates)") from None
 
 
 def raise_if(violations: list[FieldViolation]) -> None:

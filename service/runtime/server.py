@@ -1,94 +1,149 @@
-"""The gRPC server: create_server() for tests and main() for `make run` and the container."""
+"""The gRPC server (grpc.aio: an idle stream costs no thread): create_server() builds one in a
+running event loop, ServerThread runs one beside synchronous code (the tests), main() is
+`make run` and the container's entry point."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import signal
 import sys
 import threading
 import time
-from concurrent import futures
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
-import sqlalchemy as sa
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from identity.v1 import identity_pb2, identity_pb2_grpc
 from service.api import reflection
 from service.api.auth import ApiKeys
-from service.db.engine import create_engine, migrate
+from service.api.handlers import SERVICE_NAMES, Edge
+from service.api.servicer import IdentityApi
+from service.db.engine import create_engine, create_pool, libpq_url, migrate
 from service.db.monitor import DatabaseMonitor
+from service.db.unit_of_work import UnitOfWork
 from service.domain import Settings
 from service.errors import AlreadyExists
-from service.api.interceptors import CallInterceptor
-from service.api.servicer import IdentityServicer, WorkspaceServicer
 from service.usecases import IdentityService
 
 log = logging.getLogger("identity.server")
 
-SERVICE_NAMES = [
-    identity_pb2.DESCRIPTOR.services_by_name["IdentityService"].full_name,
-    identity_pb2.DESCRIPTOR.services_by_name["WorkspaceService"].full_name,
-]
+MiB = 1024 * 1024
+
+
+def channel_options(max_streams_per_connection: int = 100) -> list[tuple[str, Any]]:
+    """What each connection may cost the server, and how long a client channel stays on one
+    worker process."""
+    return [
+        ("grpc.so_reuseport", 1),
+        ("grpc.max_receive_message_length", 4 * MiB),
+        ("grpc.max_send_message_length", 4 * MiB),
+        ("grpc.max_metadata_size", 16 * 1024),
+        ("grpc.max_concurrent_streams", max_streams_per_connection),
+        # Keepalive: the server pings an idle connection every 2 minutes and drops it if the
+        # ping goes unanswered for 20 s; clients may ping every 10 s at most, else GOAWAY.
+        ("grpc.keepalive_time_ms", 120_000),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.max_ping_strikes", 2),
+        ("grpc.keepalive_permit_without_calls", 1),
+        # A connection lives at most 10 minutes (+ 1 minute for its calls to finish): a client's
+        # long-lived channel reconnects, and SO_REUSEPORT spreads it over the workers again.
+        ("grpc.max_connection_age_ms", 600_000),
+        ("grpc.max_connection_age_grace_ms", 60_000),
+        ("grpc.max_connection_idle_ms", 900_000),
+    ]
 
 
 @dataclass
 class RunningServer:
-    server: grpc.Server
-    health: health.HealthServicer
+    server: grpc.aio.Server
+    health: Any  # grpc_health's aio HealthServicer
     port: int
     monitor: DatabaseMonitor
+    uow: UnitOfWork
+    database_url: str
+    pool_size: int
 
-    def set_serving(self, serving: bool) -> None:
+    async def set_serving(self, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         for name in ["", *SERVICE_NAMES]:
-            self.health.set(name, status)
+            await self.health.set(name, status)
 
-    def stop(self, grace: float) -> None:
+    async def on_database_change(self, available: bool) -> None:
+        if available:
+            # Connections pooled before the outage are dead: serve from a fresh pool.
+            stale, self.uow.pool = self.uow.pool, create_pool(self.database_url, size=self.pool_size)
+            await self.uow.pool.open(wait=False)
+            asyncio.get_running_loop().create_task(stale.close(timeout=1))
+        await self.set_serving(available)
+
+    async def stop(self, grace: float) -> None:
         """Health goes NOT_SERVING at once; calls in flight get `grace` seconds to finish."""
-        self.health.enter_graceful_shutdown()
-        self.server.stop(grace).wait()
-        self.monitor.stop()
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        await self.monitor.stop()
+        await self.uow.pool.close(timeout=1)
 
 
-def create_server(
+async def create_server(
     address: str,
-    engine: sa.Engine,
+    database_url: str,
     *,
-    threads: int = 8,
-    max_concurrent_calls: int | None = 64,
+    pool_size: int = 8,
+    max_concurrent_calls: int = 64,
+    max_streams: int = 10_000,
     monitor_interval: float = 0.5,
     api_keys: ApiKeys | None = None,
 ) -> RunningServer:
-    """Builds and starts a server on `address` ("host:port"; port 0 picks a free one).
-    Past `max_concurrent_calls` in flight, new calls get RESOURCE_EXHAUSTED instead of queueing.
+    """Builds and starts a server on `address` ("host:port"; port 0 picks a free one), in the
+    running event loop. Past `max_concurrent_calls` identity calls in flight, new ones get
+    RESOURCE_EXHAUSTED; streams (reflection, health watches) count only towards `max_streams`.
     The database is pinged every `monitor_interval` seconds: health follows it."""
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="rpc"),
-        interceptors=[CallInterceptor(api_keys)],
-        maximum_concurrent_rpcs=max_concurrent_calls,
-        options=[("grpc.so_reuseport", 1)],
-    )
-    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    pool = create_pool(database_url, size=pool_size)
+    await pool.open(wait=False)
+    server = grpc.aio.server(maximum_concurrent_rpcs=max_streams, options=channel_options())
+    health_servicer = health.aio.HealthServicer()
     holder: list[RunningServer] = []
-    monitor = DatabaseMonitor(engine, lambda ok: holder[0].set_serving(ok), monitor_interval)
-    service = IdentityService(engine, database_available=lambda: monitor.available)
-    identity_pb2_grpc.add_IdentityServiceServicer_to_server(IdentityServicer(service), server)
-    identity_pb2_grpc.add_WorkspaceServiceServicer_to_server(WorkspaceServicer(service), server)
+    monitor = DatabaseMonitor(libpq_url(database_url), lambda ok: holder[0].on_database_change(ok), monitor_interval)
+    uow = UnitOfWork(pool, available=lambda: monitor.available)
+    edge = Edge(IdentityApi(IdentityService(uow)), api_keys, max_concurrent_calls)
+    server.add_generic_rpc_handlers(edge.handlers())
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable([*SERVICE_NAMES, health.SERVICE_NAME], server)
     port = server.add_insecure_port(address)
     if port == 0:
         raise RuntimeError(f"could not listen on {address}")
-    server.start()
-    running = RunningServer(server, health_servicer, port, monitor)
+    await server.start()
+    running = RunningServer(server, health_servicer, port, monitor, uow, database_url, pool_size)
     holder.append(running)
-    running.set_serving(True)
+    await running.set_serving(True)
     monitor.start()
     return running
+
+
+class ServerThread:
+    """A server on an event loop of its own thread, for synchronous callers (the tests)."""
+
+    def __init__(self, address: str, database_url: str, **options: Any):
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="grpc-aio", daemon=True)
+        self._thread.start()
+        self.running = self.call(create_server(address, database_url, **options))
+        self.port = self.running.port
+
+    def call(self, coroutine: Any, timeout: float = 60) -> Any:
+        """Runs a coroutine on the server's loop and waits for its result."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def stop(self, grace: float = 0) -> None:
+        self.call(self.running.stop(grace))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
+        self.loop.close()
 
 
 def _env(name: str, default: str) -> str:
@@ -105,16 +160,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--pool-size", type=int, default=int(_env("DB_POOL_SIZE", "8")), help="connections per process")
     p.add_argument(
-        "--threads",
-        type=int,
-        default=int(_env("GRPC_THREADS", "8")),
-        help="RPC threads per process (more than the pool size only wait for a connection)",
-    )
-    p.add_argument(
         "--max-concurrent-calls",
         type=int,
         default=int(_env("MAX_CONCURRENT_CALLS", "64")),
-        help="calls in flight per process before RESOURCE_EXHAUSTED",
+        help="identity calls in flight per process before RESOURCE_EXHAUSTED",
+    )
+    p.add_argument(
+        "--max-streams",
+        type=int,
+        default=int(_env("MAX_STREAMS", "10000")),
+        help="calls and streams (reflection, health watches) open per process",
     )
     p.add_argument("--grace", type=float, default=float(_env("SHUTDOWN_GRACE", "10")), help="seconds to drain on stop")
     p.add_argument(
@@ -146,12 +201,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def ensure_workspace(engine: sa.Engine, workspace_id: str) -> None:
+async def ensure_workspace(database_url: str, workspace_id: str) -> None:
+    pool = create_pool(database_url, size=1)
+    await pool.open()
     try:
-        IdentityService(engine).create_workspace(Settings(workspace_id))
+        await IdentityService(UnitOfWork(pool)).create_workspace(Settings(workspace_id))
         log.info("created workspace %r", workspace_id)
     except AlreadyExists:
         pass
+    finally:
+        await pool.close()
 
 
 def check_connection_budget(database_url: str, workers: int, pool_size: int) -> None:
@@ -174,34 +233,37 @@ def check_connection_budget(database_url: str, workers: int, pool_size: int) -> 
 
 
 def serve(args: argparse.Namespace, database_url: str, worker: int = 0) -> int:
-    """One server process: its own engine and pool, created here (after any fork)."""
-    engine = create_engine(database_url, pool_size=args.pool_size)
+    """One server process: its own event loop, pool and server, created here (after any fork)."""
     if args.metrics_port:
         from prometheus_client import start_http_server
 
         start_http_server(args.metrics_port + worker)
-    running = create_server(
+    asyncio.run(_serve(args, database_url, worker))
+    log.info("worker %d stopped", worker)
+    return 0
+
+
+async def _serve(args: argparse.Namespace, database_url: str, worker: int) -> None:
+    running = await create_server(
         args.listen,
-        engine,
-        threads=args.threads,
+        database_url,
+        pool_size=args.pool_size,
         max_concurrent_calls=args.max_concurrent_calls,
+        max_streams=args.max_streams,
         api_keys=args.api_keys,
     )
     log.info("worker %d (pid %d) serving on %s", worker, os.getpid(), args.listen)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
 
-    stopping = threading.Event()
-
-    def on_signal(signum: int, _frame: object) -> None:
+    def on_signal(signum: int) -> None:
         log.info("worker %d: %s, draining for up to %.1fs", worker, signal.Signals(signum).name, args.grace)
         stopping.set()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    stopping.wait()
-    running.stop(args.grace)
-    engine.dispose()
-    log.info("worker %d stopped", worker)
-    return 0
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    await stopping.wait()
+    await running.stop(args.grace)
 
 
 def supervise(args: argparse.Namespace, database_url: str) -> int:
@@ -278,13 +340,13 @@ def main(argv: list[str] | None = None) -> int:
         database_url = embedded.start()
         args.migrate = True
     if args.migrate or args.migrate_only or args.default_workspace:
-        engine = create_engine(database_url, pool_size=1)
         if args.migrate or args.migrate_only:
+            engine = create_engine(database_url)
             migrate(engine)
+            engine.dispose()  # nothing pooled may cross the fork
             log.info("migrations applied")
         if args.default_workspace and not args.migrate_only:
-            ensure_workspace(engine, args.default_workspace)
-        engine.dispose()  # nothing pooled may cross the fork
+            asyncio.run(ensure_workspace(database_url, args.default_workspace))
     if args.migrate_only:
         return 0
     check_connection_budget(database_url, args.workers, args.pool_size)

@@ -1,24 +1,20 @@
-"""One function per call: load what the rules core needs, ask it, write what it decided, all in
-one transaction (R40). No rule is decided here."""
+"""One function per call: validate the request (the rules' lookup functions check every shape,
+once, R42), load what the rules core needs, ask it, and stage what it decided, in one
+transaction owned by the unit of work (R40). The rules core decides; this module only wires."""
 
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any, Callable, TypeVar
-
-import sqlalchemy as sa
+from typing import Callable
 
 from service.db.repository import Lock, Repository
-from service.db.transaction import run_in_transaction
+from service.db.unit_of_work import UnitOfWork
 from service.domain import Field, IdentifyInput, IdentifyResult, Person, Ref, Settings
 from service.errors import AlreadyExists, DeadlineExceeded, DomainError, NotFound, Unavailable
-from service.db.keys import keys_for
 from service.rules import identifiers, identify, modes
-from service.rules.changes import Change, Lookup, Write
+from service.rules.decisions import Decision, Lookup
 from service.rules.validation import check_workspace_id, new_cio_id, raise_if
 
-T = TypeVar("T")
-D = TypeVar("D")
 MODE_CHANGE_STATEMENT_CAP_S = 600.0
 
 
@@ -34,129 +30,115 @@ def _require(settings: Settings | None, workspace_id: str) -> Settings:
     return settings
 
 
-def _apply(repo: Repository, settings: Settings, change: Change) -> None:
-    """Writes what the decision says, and commits: a merge's secondary is deleted first, freeing
-    its identifiers for the primary (R13)."""
-    ws = settings.workspace_id
-    deleted = list(change.deleted)
-    person = [(change.person, keys_for(settings.mode, change.person))]
-    if change.write == Write.INSERT:
-        repo.write_and_commit(ws, delete=deleted, insert=person)
-    elif change.write == Write.UPDATE:
-        repo.write_and_commit(ws, delete=deleted, update=person)
-    elif change.write == Write.DELETE:
-        repo.write_and_commit(ws, delete=[*deleted, change.person.cio_id])
+Decide = Callable[[Settings, list[Person]], Decision]
 
 
 class IdentityService:
     """The calls of identity.v1, in domain terms."""
 
-    def __init__(self, engine: sa.Engine, database_available: Callable[[], bool] = lambda: True):
-        self.engine = engine
-        self.database_available = database_available
+    def __init__(self, uow: UnitOfWork):
+        self.uow = uow
 
-    def _run(self, method: str, work: Callable[[Repository], T], **options: Any) -> T:
-        if not self.database_available():  # fail fast while the monitor sees the database down
-            raise Unavailable("DATABASE_UNAVAILABLE", "the database is unavailable; retry later")
-        return run_in_transaction(self.engine, work, method=method, **options)
-
-    def _write_person(
-        self,
-        method: str,
-        workspace_id: str,
-        lookup: Lookup,
-        decide: Callable[[Settings, list[Person]], D],
-        change_of: Callable[[D], Change] = lambda decision: decision,  # type: ignore[assignment,return-value]
-    ) -> tuple[Settings, D]:
+    async def _write_person(
+        self, method: str, workspace_id: str, lookup: Lookup, decide: Decide
+    ) -> tuple[Settings, Decision]:
         """The shape shared by every write to people: in one statement the settings are read and
-        held steady and the people of the lookup found and locked; then the decision is applied."""
-        raise_if(check_workspace_id(workspace_id))
+        held steady and the people of the lookup found and locked; then the decision is staged,
+        to be sent with the COMMIT."""
 
-        def work(repo: Repository) -> tuple[Settings, D]:
-            found, people = repo.load(workspace_id, lookup, Lock.SHARE)
+        async def work(repo: Repository) -> tuple[Settings, Decision]:
+            found, people = await repo.load(workspace_id, lookup, Lock.SHARE)
             settings = _require(found, workspace_id)
             decision = decide(settings, people)
-            _apply(repo, settings, change_of(decision))
+            repo.stage(settings, decision)
             return settings, decision
 
-        return self._run(method, work)
+        return await self.uow.run(method, work)
 
-    def identify(self, req: IdentifyInput) -> IdentifyResult:
-        settings, (change, outcome) = self._write_person(
+    async def identify(self, req: IdentifyInput) -> IdentifyResult:
+        lookup = identify.identify_lookup(req)
+        settings, decision = await self._write_person(
             "Identify",
             req.workspace_id,
-            identify.identify_lookup(req),
+            lookup,
             lambda s, people: identify.decide_identify(s, req, people, _now(), new_cio_id()),
-            change_of=lambda decision: decision[0],
         )
-        return IdentifyResult(modes.presented(settings.mode, change.person), outcome, change.deleted)
+        assert decision.outcome is not None
+        return IdentifyResult(modes.presented(settings.mode, decision.person), decision.outcome, decision.deleted)
 
-    def update_identifier(self, workspace_id: str, ref: Ref, field: Field, value: str) -> Person:
-        settings, change = self._write_person(
+    async def update_identifier(self, workspace_id: str, ref: Ref, field: Field, value: str) -> Person:
+        lookup = identifiers.update_identifier_lookup(workspace_id, ref, field, value)
+        settings, decision = await self._write_person(
             "UpdateIdentifier",
             workspace_id,
-            identifiers.update_identifier_lookup(ref, field, value),
+            lookup,
             lambda s, people: identifiers.decide_update_identifier(s, ref, field, value, people, _now()),
         )
-        return modes.presented(settings.mode, change.person)
+        return modes.presented(settings.mode, decision.person)
 
-    def delete_identifier(self, workspace_id: str, ref: Ref, field: Field) -> Person:
-        settings, change = self._write_person(
+    async def delete_identifier(self, workspace_id: str, ref: Ref, field: Field) -> Person:
+        lookup = identifiers.delete_identifier_lookup(workspace_id, ref, field)
+        settings, decision = await self._write_person(
             "DeleteIdentifier",
             workspace_id,
-            identifiers.delete_identifier_lookup(ref, field),
+            lookup,
             lambda s, people: identifiers.decide_delete_identifier(s, ref, field, people, _now()),
         )
-        return modes.presented(settings.mode, change.person)
+        return modes.presented(settings.mode, decision.person)
 
-    def delete_person(self, workspace_id: str, ref: Ref) -> str:
-        _, change = self._write_person(
+    async def delete_person(self, workspace_id: str, ref: Ref) -> str:
+        lookup = identifiers.ref_lookup(workspace_id, ref)
+        _, decision = await self._write_person(
             "DeletePerson",
             workspace_id,
-            identifiers.ref_lookup(ref),
+            lookup,
             lambda s, people: identifiers.decide_delete_person(s, ref, people),
         )
-        return change.person.cio_id
+        return decision.person.cio_id
 
-    def import_people(
-        self, workspace_id: str, rows: list[tuple[int, IdentifyInput]]
+    async def import_rows(
+        self, workspace_id: str, rows: list[tuple[int, IdentifyInput | DomainError]]
     ) -> list[tuple[int, IdentifyResult | DomainError]]:
         """Each row as an Identify in its own transaction (R25 applies: the rows are marked as
         an import); a refused row is reported and the others still apply. An unknown workspace
         refuses the whole import; so does the database going away (rows applied so far stay)."""
-        self.get_settings(workspace_id)  # R8, before any row
+        await self.get_settings(workspace_id)  # R8, before any row
         results: list[tuple[int, IdentifyResult | DomainError]] = []
         for number, row in rows:
+            if isinstance(row, DomainError):  # refused while reading the file
+                results.append((number, row))
+                continue
             try:
-                results.append((number, self.identify(row)))
+                results.append((number, await self.identify(row)))
             except (Unavailable, DeadlineExceeded):
                 raise
             except DomainError as refusal:
                 results.append((number, refusal))
         return results
 
-    def get_person(self, workspace_id: str, ref: Ref) -> Person:
-        raise_if(check_workspace_id(workspace_id))
-        lookup = identifiers.ref_lookup(ref)
+    async def get_person(self, workspace_id: str, ref: Ref) -> Person:
+        lookup = identifiers.ref_lookup(workspace_id, ref)
 
-        def work(repo: Repository) -> Person:
-            found, people = repo.load(workspace_id, lookup, Lock.NONE)
+        async def work(repo: Repository) -> Person:
+            found, people = await repo.load(workspace_id, lookup, Lock.NONE)
             settings = _require(found, workspace_id)
             return modes.presented(settings.mode, identifiers.resolve(settings, people, ref))
 
-        return self._run("GetPerson", work, read_only=True)
+        return await self.uow.run("GetPerson", work, read_only=True)
 
-    def get_settings(self, workspace_id: str) -> Settings:
+    async def get_settings(self, workspace_id: str) -> Settings:
         raise_if(check_workspace_id(workspace_id))
-        return self._run(
-            "GetSettings", lambda repo: _require(repo.settings(workspace_id), workspace_id), read_only=True
-        )
 
-    def create_workspace(self, settings: Settings) -> Settings:
+        async def work(repo: Repository) -> Settings:
+            return _require(await repo.settings(workspace_id), workspace_id)
+
+        return await self.uow.run("GetSettings", work, read_only=True)
+
+    async def create_workspace(self, settings: Settings) -> Settings:
         raise_if(check_workspace_id(settings.workspace_id))
 
-        def work(repo: Repository) -> Settings:
-            if not repo.create_workspace(settings, _now()):
+        async def work(repo: Repository) -> Settings:
+            if not await repo.create_workspace(settings, _now()):
                 raise AlreadyExists(
                     "WORKSPACE_ALREADY_EXISTS",
                     f"workspace {settings.workspace_id!r} exists already",
@@ -164,32 +146,32 @@ class IdentityService:
                 )
             return settings
 
-        return self._run("CreateWorkspace", work)
+        return await self.uow.run("CreateWorkspace", work)
 
-    def update_settings(
+    async def update_settings(
         self, workspace_id: str, patch: Callable[[Settings], Settings], validate_only: bool
     ) -> Settings:
         """R2: the change is validated against the data in the same transaction that applies it;
-        the workspace row is locked so that no write to its people runs in between."""
+        the workspace's gate and row are held exclusively so that no write to its people runs in
+        between."""
         raise_if(check_workspace_id(workspace_id))
 
-        def work(repo: Repository) -> Settings:
-            current = _require(repo.settings(workspace_id, Lock.UPDATE), workspace_id)
+        async def work(repo: Repository) -> Settings:
+            current = _require(await repo.settings(workspace_id, Lock.UPDATE), workspace_id)
             requested = patch(current)
             checks = modes.mode_change_checks(current.mode, requested.mode)
-            new = modes.decide_settings_change(current, requested, repo.run_checks(workspace_id, checks))
+            new = modes.decide_settings_change(current, requested, await repo.run_checks(workspace_id, checks))
             if validate_only or new == current:
                 return new
             if new.mode != current.mode:
-                repo.rekey(
+                await repo.rekey(
                     workspace_id,
                     modes.is_identifier(new.mode, Field.ID),
                     modes.is_identifier(new.mode, Field.EMAIL),
                 )
-            repo.update_settings(new, _now())
+            await repo.update_settings(new, _now())
             return new
 
         # A mode change checks and rekeys every person of the workspace: allow it more than the
         # session's cap per statement (the client's deadline still bounds it).
-        return self._run("UpdateSettings", work, cap=MODE_CHANGE_STATEMENT_CAP_S)
-
+        return await self.uow.run("UpdateSettings", work, cap=MODE_CHANGE_STATEMENT_CAP_S)

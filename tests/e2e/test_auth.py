@@ -10,15 +10,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from identity.v1 import identity_pb2 as pb
 from identity.v1 import identity_pb2_grpc as pb_grpc
 from service.api.auth import ApiKeys
-from service.runtime.server import create_server
 from tests.e2e.helpers import refused
 
 
 @pytest.fixture
-def keyed(engine, make_workspace):
+def keyed(start_server, make_workspace):
     mine, theirs = make_workspace(), make_workspace()
     keys = ApiKeys.parse(f"k-mine={mine},k-admin=*")
-    running = create_server("127.0.0.1:0", engine, api_keys=keys)
+    running = start_server(api_keys=keys, pool_size=2)
     channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
     yield channel, mine, theirs
     channel.close()

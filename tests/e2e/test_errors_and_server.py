@@ -9,7 +9,6 @@ from typing import Any, Callable, Iterator
 
 import grpc
 import pytest
-import sqlalchemy as sa
 from google.protobuf import descriptor_pb2, descriptor_pool, field_mask_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2 as reflection_pb
@@ -19,7 +18,7 @@ from identity.v1 import identity_pb2 as pb
 from identity.v1 import identity_pb2_grpc as pb_grpc
 from service.db.repository import Repository
 from service.domain import Mode
-from service.runtime.server import RunningServer, create_server
+from service.runtime.server import ServerThread
 from service.usecases import IdentityService
 from tests.e2e.helpers import (
     CIO_ID,
@@ -306,8 +305,8 @@ def test_r42_invalid_argument_names_the_field_and_the_reason_per_violation(stub,
 
 
 @pytest.fixture
-def own_server(engine) -> Iterator[tuple[RunningServer, grpc.Channel]]:
-    running = create_server("127.0.0.1:0", engine, threads=4)
+def own_server(start_server) -> Iterator[tuple[ServerThread, grpc.Channel]]:
+    running = start_server(pool_size=2)
     channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
     try:
         grpc.channel_ready_future(channel).result(timeout=10)
@@ -328,7 +327,7 @@ def _assert_internal(error: grpc.RpcError) -> None:
 def test_an_unexpected_exception_is_internal_without_internals(own_server, workspace, monkeypatch):
     _, channel = own_server
 
-    def explode(self, req):
+    async def explode(self, req):
         raise RuntimeError('SELECT * FROM people WHERE password = \'hunter2\'\nTraceback (most recent call last)')
 
     monkeypatch.setattr(IdentityService, "identify", explode)
@@ -341,8 +340,8 @@ def test_an_unexpected_exception_is_internal_without_internals(own_server, works
 def test_a_database_error_is_internal_without_sql(own_server, workspace, monkeypatch, people_rows):
     _, channel = own_server
 
-    def broken_query(self, workspace_id, lookup, lock):
-        self.conn.execute(sa.text("SELECT secret_column FROM no_such_table_for_this_test"))
+    async def broken_query(self, workspace_id, lookup, lock):
+        await self.conn.execute("SELECT secret_column FROM no_such_table_for_this_test")
 
     monkeypatch.setattr(Repository, "load", broken_query)
     with pytest.raises(grpc.RpcError) as caught:
@@ -372,8 +371,8 @@ def test_health_check_of_an_unknown_service_is_not_found(channel):
     assert caught.value.code() == C.NOT_FOUND
 
 
-def test_after_stop_health_is_not_serving_or_the_channel_fails(engine):
-    running = create_server("127.0.0.1:0", engine, threads=2)
+def test_after_stop_health_is_not_serving_or_the_channel_fails(start_server):
+    running = start_server(pool_size=2)
     with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
         health = health_pb2_grpc.HealthStub(channel)
         request = health_pb2.HealthCheckRequest(service="identity.v1.IdentityService")

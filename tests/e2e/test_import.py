@@ -54,7 +54,7 @@ def test_import_creates_updates_and_reports_each_row(stub, workspace):
         ",B@Example.com,free,\n"  # the same person as b@example.com: updated, seats untouched
         "ab100,a@example.com,pro,3\n"  # nothing new: unchanged
         " bad,,,\n"  # R3: refused, the others still apply
-        "\n"  # blank lines are skipped
+        "\n"  # a blank line is skipped, and not counted as a row
         "cd200,b@example.com,,\n",  # sets the id of the person found by email (R11)
     )
     outcomes = [(r.row, r.outcome) for r in response.rows]
@@ -63,7 +63,7 @@ def test_import_creates_updates_and_reports_each_row(stub, workspace):
         (2, pb.IDENTIFY_OUTCOME_UPDATED),
         (3, pb.IDENTIFY_OUTCOME_UNCHANGED),
         (4, pb.IDENTIFY_OUTCOME_UNSPECIFIED),
-        (6, pb.IDENTIFY_OUTCOME_UPDATED),
+        (5, pb.IDENTIFY_OUTCOME_UPDATED),
     ]
     assert (response.applied_count, response.refused_count) == (4, 1)
     assert response.rows[3].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]

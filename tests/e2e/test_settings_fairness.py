@@ -1,56 +1,69 @@
 """R2 under a stream of writes: a settings change is queued fairly. Writes hold the workspace
 FOR SHARE, and Postgres lets each new FOR SHARE pass a waiting FOR NO KEY UPDATE, so without the
 workspace gate (an advisory lock taken shared by writes and exclusively by a settings change) a
-settings change could wait for ever behind overlapping writes."""
+settings change could wait for ever behind overlapping writes. The waits are observed in
+pg_stat_activity, not guessed from sleeps."""
 
 from __future__ import annotations
 
-import threading
+import asyncio
 import time
 
+import psycopg
+
+from service.db.engine import libpq_url
 from service.db.repository import Lock, Repository
-from service.rules.changes import Lookup
+from service.rules.decisions import Lookup
 
 
-def _hold_write_lock(engine, workspace_id, started: threading.Event, release: threading.Event, done: list):
-    with engine.begin() as conn:
-        Repository(conn).load(workspace_id, Lookup(id_keys=("nobody",)), Lock.SHARE)
-        started.set()
-        release.wait(10)
-    done.append(time.monotonic())
+async def _waiting_on_a_lock(observer: psycopg.AsyncConnection, pid: int, within: float = 10.0) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        cur = await observer.execute("SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", (pid,))
+        row = await cur.fetchone()
+        if row is not None and row[0] == "Lock":
+            return True
+        await asyncio.sleep(0.01)
+    return False
 
 
-def test_r2_a_settings_change_is_not_overtaken_by_later_writes(engine, workspace):
-    first_started, first_release, first_done = threading.Event(), threading.Event(), []
-    first = threading.Thread(target=_hold_write_lock, args=(engine, workspace, first_started, first_release, first_done))
-    first.start()
-    assert first_started.wait(5)
+async def _scenario(url: str, workspace: str) -> list[str]:
+    connect = lambda: psycopg.AsyncConnection.connect(url, autocommit=True)  # noqa: E731
+    first, changer, second, observer = [await connect() for _ in range(4)]
+    finished: list[str] = []
+    nobody = Lookup(ids=("nobody",))
 
-    settings_done: list[float] = []
+    async def write(conn: psycopg.AsyncConnection, name: str, release: asyncio.Event) -> None:
+        async with conn.transaction():
+            await Repository(conn).load(workspace, nobody, Lock.SHARE)
+            await release.wait()
+        finished.append(name)
 
-    def change_settings():
-        with engine.begin() as conn:
-            Repository(conn).settings(workspace, Lock.UPDATE)
-        settings_done.append(time.monotonic())
+    async def change_settings() -> None:
+        async with changer.transaction():
+            await Repository(changer).settings(workspace, Lock.UPDATE)
+        finished.append("settings")
 
-    changer = threading.Thread(target=change_settings)
-    changer.start()
-    time.sleep(0.3)  # the settings change now waits for the first write
-    assert not settings_done
+    release_first, release_second = asyncio.Event(), asyncio.Event()
+    try:
+        first_task = asyncio.create_task(write(first, "first", release_first))
+        await asyncio.sleep(0)
+        while not first.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS or first_task.done():
+            await asyncio.sleep(0.01)
+        changer_task = asyncio.create_task(change_settings())
+        assert await _waiting_on_a_lock(observer, changer.info.backend_pid), "the settings change did not wait"
+        second_task = asyncio.create_task(write(second, "second", release_second))
+        # A write that comes after the waiting settings change queues behind it.
+        assert await _waiting_on_a_lock(observer, second.info.backend_pid), "a later write overtook the settings change"
+        assert not finished
+        release_first.set()
+        release_second.set()
+        await asyncio.wait_for(asyncio.gather(first_task, changer_task, second_task), timeout=30)
+    finally:
+        for conn in (first, changer, second, observer):
+            await conn.close()
+    return finished
 
-    second_started, second_release, second_done = threading.Event(), threading.Event(), []
-    second = threading.Thread(
-        target=_hold_write_lock, args=(engine, workspace, second_started, second_release, second_done)
-    )
-    second.start()
-    # A write that comes after the waiting settings change queues behind it.
-    assert not second_started.wait(0.5), "a later write overtook the waiting settings change"
 
-    first_release.set()
-    changer.join(5)
-    assert settings_done, "the settings change did not get its turn"
-    assert second_started.wait(5)
-    second_release.set()
-    for t in (first, second):
-        t.join(5)
-    assert first_done[0] <= settings_done[0] <= second_done[0]
+def test_r2_a_settings_change_is_not_overtaken_by_later_writes(database_url, engine, workspace):
+    assert asyncio.run(_scenario(libpq_url(database_url), workspace)) == ["first", "settings", "second"]

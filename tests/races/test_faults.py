@@ -13,6 +13,8 @@ database answering again. No acknowledged write is lost (R40).
 
 from __future__ import annotations
 
+import asyncio
+
 import contextlib
 import os
 import secrets
@@ -34,7 +36,9 @@ from grpc_health.v1 import health_pb2
 from identity.v1 import identity_pb2 as pb
 from identity.v1 import identity_pb2_grpc as pb_grpc
 from service.db.engine import create_engine, migrate
-from service.domain import IdentifyInput, Settings
+from service.db.engine import create_pool
+from service.db.unit_of_work import UnitOfWork
+from service.domain import Settings
 from service.usecases import IdentityService
 from tests.races.harness import (
     CHANNEL_OPTIONS,
@@ -149,9 +153,18 @@ def fault_engine(fault_url: str) -> Iterator[sa.Engine]:
 
 
 @pytest.fixture
-def fault_workspace(fault_engine: sa.Engine) -> str:
+def fault_workspace(fault_url: str, fault_engine: sa.Engine) -> str:
     workspace_id = "f-" + secrets.token_hex(6)
-    IdentityService(fault_engine).create_workspace(Settings(workspace_id))
+
+    async def create() -> None:
+        pool = create_pool(fault_url, size=1)
+        await pool.open()
+        try:
+            await IdentityService(UnitOfWork(pool)).create_workspace(Settings(workspace_id))
+        finally:
+            await pool.close()
+
+    asyncio.run(create())
     return workspace_id
 
 
@@ -386,7 +399,8 @@ def test_sigterm_under_load_drains_and_exits(fault_engine, fault_workspace, star
     refused, and the process must exit 0 within the grace period."""
     server = start_server()
     ws = fault_workspace
-    held_person = IdentityService(fault_engine).identify(IdentifyInput(ws, id="held")).person
+    with grpc.insecure_channel(server.address) as channel:
+        held_person = pb_grpc.IdentityServiceStub(channel).Identify(pb.IdentifyRequest(workspace_id=ws, id="held")).person
     load = Load(server.address, THREADS - 4, writer(ws, timeout=3.0), seconds=6.0, max_calls=3000, timeout=3.0).start()
 
     def held_body(client: Client) -> None:

@@ -1,18 +1,22 @@
-"""The servicers in-process with grpcio-testing (no network): proto in, proto out, and a refusal
-ends the call with its code and a google.rpc.Status in the trailing metadata
-('grpc-status-details-bin', R42)."""
+"""The servicer in-process (no network): proto in, proto out, through the real use cases and
+database, and a refusal becomes its code and a google.rpc.Status in the trailing metadata
+('grpc-status-details-bin', R42), as the edge (service.api.handlers) sends it."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 
 import grpc
-import grpc_testing
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 
 from identity.v1 import identity_pb2 as pb
-from service.api.servicer import IdentityServicer, WorkspaceServicer
+from service.api.servicer import IdentityApi
+from service.api.status import to_status
+from service.db.engine import create_pool
+from service.db.unit_of_work import UnitOfWork
+from service.errors import DomainError
 from service.usecases import IdentityService
 
 IDENTITY = pb.DESCRIPTOR.services_by_name["IdentityService"]
@@ -20,18 +24,26 @@ WORKSPACE = pb.DESCRIPTOR.services_by_name["WorkspaceService"]
 DETAILS_KEY = "grpc-status-details-bin"
 
 
-@pytest.fixture
-def server(engine):
-    service = IdentityService(engine)
-    return grpc_testing.server_from_dictionary(
-        {IDENTITY: IdentityServicer(service), WORKSPACE: WorkspaceServicer(service)},
-        grpc_testing.strict_real_time(),
-    )
+@pytest.fixture(scope="module")
+def server(database_url, engine):
+    """The servicer on a pool of its own, with the event loop that runs its coroutines."""
+    loop = asyncio.new_event_loop()
+    pool = create_pool(database_url, size=2)
+    loop.run_until_complete(pool.open())
+    yield loop, IdentityApi(IdentityService(UnitOfWork(pool)))
+    loop.run_until_complete(pool.close())
+    loop.close()
 
 
 def call(server, service, method: str, request):
-    rpc = server.invoke_unary_unary(service.methods_by_name[method], (), request, None)
-    return rpc.termination()  # (response, trailing_metadata, code, details)
+    """(response, trailing_metadata, code, details), as a client would see them."""
+    assert method in service.methods_by_name
+    loop, api = server
+    try:
+        return loop.run_until_complete(getattr(api, method)(request)), (), grpc.StatusCode.OK, ""
+    except DomainError as refusal:
+        status = to_status(refusal)
+        return None, status.trailing_metadata, status.code, status.details
 
 
 def details_of(trailing_metadata) -> tuple[status_pb2.Status, dict]:

@@ -1,22 +1,14 @@
 """What the repository returns for a lookup, over an in-memory list of people: the rules-core
-tests run the lookup and the decision as the service does, without a database."""
+tests run the lookup and the decision as the service does, without a database. Who a lookup
+finds is the rules core's definition (identifiers.found), not a re-implementation."""
 
 from __future__ import annotations
 
 from service.domain import Person, Settings
-from service.db.keys import keys_for
-from service.rules.changes import Lookup
+from service.rules.decisions import Lookup
+from service.rules.identifiers import found
 
 
 def stored(settings: Settings, lookup: Lookup, people: list[Person]) -> list[Person]:
-    """The people whose cio_id, id key or email key (per the mode) is looked up."""
-    found = []
-    for p in people:
-        keys = keys_for(settings.mode, p)
-        if (
-            p.cio_id in lookup.cio_ids
-            or (keys.id_key is not None and keys.id_key in lookup.id_keys)
-            or (keys.email_key is not None and keys.email_key in lookup.email_keys)
-        ):
-            found.append(p)
-    return found
+    """The people the lookup names in the workspace's mode."""
+    return found(settings.mode, lookup, people)

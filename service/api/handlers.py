@@ -1,0 +1,126 @@
+"""The gRPC edge of identity.v1: for every call, in this order, the API key (before anything of
+the request is decoded), the request decoded (undecodable or too deep: INVALID_ARGUMENT), the
+workspace the key grants, the process's limit of calls in flight, the call's deadline; then the
+servicer; then its refusal as a google.rpc.Status, one structured log line and the metrics.
+An unexpected exception is logged with its stack and answered INTERNAL "internal error"."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any, Awaitable, Callable
+
+import grpc
+from google.protobuf import message as protobuf_message
+from google.protobuf import symbol_database
+
+from identity.v1 import identity_pb2 as pb
+from service import metrics
+from service.api.auth import ApiKeys
+from service.api.servicer import IdentityApi
+from service.api.status import cut, to_status
+from service.db import deadlines
+from service.errors import DomainError, FieldViolation, InvalidArgument, ResourceExhausted
+
+log = logging.getLogger("identity.calls")
+
+SERVICES = [pb.DESCRIPTOR.services_by_name[name] for name in ("IdentityService", "WorkspaceService")]
+SERVICE_NAMES = [service.full_name for service in SERVICES]
+_LOGGED_WORKSPACE_CHARS = 64
+
+
+def _undecodable(method: str) -> InvalidArgument:
+    return InvalidArgument(
+        [FieldViolation("request", f"is not a valid {method} request message (malformed, or nested too deep)",
+                        "MALFORMED_REQUEST")]
+    )
+
+
+class Edge:
+    """What every identity.v1 call goes through; one per server process."""
+
+    def __init__(self, api: IdentityApi, api_keys: ApiKeys | None = None, max_in_flight: int = 64):
+        self.api = api
+        self.api_keys = api_keys or ApiKeys({})
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0
+
+    def handlers(self) -> list[grpc.GenericRpcHandler]:
+        found = symbol_database.Default()
+        generic = []
+        for service in SERVICES:
+            methods = {}
+            for method in service.methods:
+                request_type = found.GetSymbol(method.input_type.full_name)
+                response_type = found.GetSymbol(method.output_type.full_name)
+                methods[method.name] = grpc.unary_unary_rpc_method_handler(
+                    self._unary(method.name, request_type, getattr(self.api, method.name)),
+                    request_deserializer=None,  # raw bytes: decoded after the key check
+                    response_serializer=response_type.SerializeToString,
+                )
+            generic.append(grpc.method_handlers_generic_handler(service.full_name, methods))
+        return generic
+
+    def _unary(
+        self, method: str, request_type: Any, impl: Callable[[Any], Awaitable[Any]]
+    ) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[Any]]:
+        async def behavior(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+            start = time.perf_counter()
+            workspace = ""
+            code = grpc.StatusCode.OK
+            token = deadlines.set_remaining(context.time_remaining())
+            try:
+                allowed = self.api_keys.authenticate(context.invocation_metadata())
+                try:
+                    request = request_type.FromString(raw)
+                except (protobuf_message.DecodeError, RecursionError, ValueError):
+                    raise _undecodable(method) from None
+                workspace = request.workspace_id
+                self.api_keys.authorize(allowed, workspace)
+                if self.in_flight >= self.max_in_flight:
+                    raise ResourceExhausted(
+                        "TOO_MANY_CALLS",
+                        "the server is at its limit of calls in flight; retry with backoff",
+                        {"limit": str(self.max_in_flight)},
+                    )
+                self.in_flight += 1
+                try:
+                    return await impl(request)
+                finally:
+                    self.in_flight -= 1
+            except DomainError as refusal:
+                status = to_status(refusal)
+                code = status.code
+                await context.abort(status.code, status.details, status.trailing_metadata)
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except Exception:
+                # Not a refusal: a bug or an unexpected failure. Logged here with its stack; the
+                # client learns only that it happened.
+                log.exception("unexpected error in %s", method)
+                code = grpc.StatusCode.INTERNAL
+                await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+            finally:
+                deadlines.reset(token)
+                elapsed = time.perf_counter() - start
+                metrics.CALLS.labels(method, code.name).inc()
+                metrics.LATENCY.labels(method).observe(elapsed)
+                if log.isEnabledFor(logging.INFO):
+                    # One line per call, as JSON: a client's text (the workspace_id is not yet
+                    # validated) is escaped and cut, so it cannot forge or flood log lines.
+                    log.info(
+                        json.dumps(
+                            {
+                                "method": method,
+                                "workspace": cut(workspace, _LOGGED_WORKSPACE_CHARS),
+                                "code": code.name,
+                                "ms": round(elapsed * 1000, 2),
+                            }
+                        )
+                    )
+
+        return behavior
+

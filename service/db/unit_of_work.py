@@ -1,0 +1,119 @@
+"""The unit of work: the one owner of each call's transaction. It opens it, runs the call's work
+on a repository, sends the staged writes with the COMMIT (one round trip, in a pipeline), and
+rolls back whenever the work or the commit fails: a refused call changes nothing (R40). A call
+that loses a race is retried whole, a bounded number of times with jitter (R41). The call's
+deadline bounds its database work."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Awaitable, Callable, TypeVar
+
+import psycopg
+import psycopg.errors
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from service import metrics
+from service.db import deadlines
+from service.db.repository import Repository
+from service.errors import Aborted, DeadlineExceeded, Unavailable
+
+T = TypeVar("T")
+Work = Callable[[Repository], Awaitable[T]]
+
+# Losing a race: a concurrent call took the identifier first, or Postgres chose us as the victim.
+_RACE_ERRORS = (
+    psycopg.errors.UniqueViolation,
+    psycopg.errors.SerializationFailure,
+    psycopg.errors.DeadlockDetected,
+)
+# statement_timeout or lock_timeout fired.
+_TIMEOUT_ERRORS = (psycopg.errors.QueryCanceled, psycopg.errors.LockNotAvailable)
+DEFAULT_ATTEMPTS = 6
+_BASE_DELAY = 0.002
+_MAX_DELAY = 0.05
+# The connection's own statement_timeout and lock_timeout (service.db.engine): the cap for calls
+# without a deadline, or with a longer one. Calls with a shorter deadline, and calls that may
+# legitimately run long (a mode change rekeys a whole workspace), set their own per transaction.
+SESSION_STATEMENT_TIMEOUT_S = 5.0
+
+
+def _deadline_exceeded() -> DeadlineExceeded:
+    return DeadlineExceeded("DEADLINE_EXCEEDED", "the call's deadline passed before the database answered")
+
+
+def _unavailable() -> Unavailable:
+    return Unavailable("DATABASE_UNAVAILABLE", "the database is unavailable; retry later")
+
+
+def _timeout_ms(budget: float | None, cap: float) -> int | None:
+    """The per-transaction cap to set (the call's cap, bounded by its deadline), or None when
+    the session's own cap applies."""
+    limit = cap if budget is None else min(budget, cap)
+    return None if limit == SESSION_STATEMENT_TIMEOUT_S else max(1, int(limit * 1000))
+
+
+class UnitOfWork:
+    """Runs calls' work on a pool of connections (autocommit, so that a read is one statement
+    and a write's BEGIN travels with its first statement)."""
+
+    def __init__(self, pool: AsyncConnectionPool, available: Callable[[], bool] = lambda: True):
+        self.pool = pool
+        self.available = available
+
+    async def run(
+        self,
+        method: str,
+        work: Work[T],
+        *,
+        read_only: bool = False,
+        cap: float = SESSION_STATEMENT_TIMEOUT_S,
+        attempts: int = DEFAULT_ATTEMPTS,
+    ) -> T:
+        """Runs `work` in a fresh transaction, committing only if it returns; a DomainError it
+        raises rolls everything back and propagates. `read_only` work of a single statement runs
+        without a transaction block (the statement is its own transaction). `cap` bounds each
+        statement when the client's deadline does not bound it more."""
+        if not self.available():  # fail fast while the monitor sees the database down
+            raise _unavailable()
+        for attempt in range(1, attempts + 1):
+            budget = deadlines.remaining()
+            if budget is not None and budget <= 0:
+                raise _deadline_exceeded()
+            try:
+                return await self._run_once(work, _timeout_ms(budget, cap), read_only)
+            except _RACE_ERRORS as error:
+                metrics.RETRIES.labels(method).inc()
+                if attempt == attempts:
+                    raise Aborted(
+                        "CONCURRENT_UPDATE",
+                        f"the call lost a race with concurrent calls {attempts} times; retry it",
+                        {"attempts": str(attempts)},
+                    ) from error
+                delay = random.uniform(0, min(_MAX_DELAY, _BASE_DELAY * 2 ** (attempt - 1)))  # full jitter
+                left = deadlines.remaining()
+                if left is not None and left <= delay:
+                    raise _deadline_exceeded() from error
+                await asyncio.sleep(delay)
+            except _TIMEOUT_ERRORS as error:
+                raise _deadline_exceeded() from error
+            except psycopg.OperationalError as error:  # unreachable, or the connection broke
+                raise _unavailable() from error
+            except PoolTimeout as error:
+                raise Unavailable(
+                    "DATABASE_BUSY", "no database connection was free in time; retry later"
+                ) from error
+        raise AssertionError("unreachable")
+
+    async def _run_once(self, work: Work[T], timeout_ms: int | None, read_only: bool) -> T:
+        async with self.pool.connection() as conn:
+            if read_only and timeout_ms is None:
+                return await work(Repository(conn))
+            async with conn.pipeline(), conn.transaction():
+                repo = Repository(conn, timeout_ms)
+                result = await work(repo)
+                await repo.send_staged()
+            # Leaving the transaction queued COMMIT behind the staged writes; leaving the
+            # pipeline sent them together and raised the first error, which rolled back.
+            return result
