@@ -15,7 +15,7 @@ from grpc_status import rpc_status
 from service import errors
 
 DOMAIN = "identity.v1"
-MAX_TEXT = 200  # characters of any one echoed string (message, field, description, metadata)
+MAX_TEXT = 200  # UTF-8 bytes of any one echoed string (field, description; metadata: 300)
 MAX_VIOLATIONS = 10
 MAX_STATUS_BYTES = 3000  # serialized; base64 in the trailer makes it 4/3 of this
 
@@ -41,8 +41,11 @@ def code_of(error: errors.DomainError) -> int:
 
 
 def cut(text: str, limit: int = MAX_TEXT) -> str:
-    """At most `limit` characters, saying so when cut."""
-    return text if len(text) <= limit else text[: limit - 12] + "…(truncated)"
+    """At most `limit` bytes of UTF-8 (whole characters), saying so when cut."""
+    data = text.encode("utf-8", "replace")
+    if len(data) <= limit:
+        return text
+    return data[: limit - 14].decode("utf-8", "ignore") + "…(truncated)"
 
 
 def to_status(error: errors.DomainError) -> grpc.Status:
@@ -60,8 +63,8 @@ def to_status_proto(error: errors.DomainError) -> status_pb2.Status:
     shown = min(len(violations), MAX_VIOLATIONS)
     while True:
         status = _build(error, violations[:shown], len(violations) - shown)
-        if status.ByteSize() <= MAX_STATUS_BYTES or shown == 0:
-            return status
+        if status.ByteSize() <= MAX_STATUS_BYTES or shown <= 1:
+            return status  # one violation is at most a few hundred bytes
         shown //= 2
 
 

@@ -1,6 +1,55 @@
 """The SQL of every hot statement, written as SQLAlchemy Core and compiled once to the driver's
 SQL (psycopg's %(name)s parameters). Each call only binds values; psycopg prepares them
-server-side after a few uses."""
+server-side after a few uses, and every prepared statement runs with a generic plan
+(plan_cache_mode=force_generic_plan, service.db.engine): one plan per connection, made without
+the values and without knowing the workspace.
+
+Plans that cannot degrade
+-------------------------
+Every index of `people` leads with `workspace_id`. So for any lookup, `workspace_id = $1` alone
+is a usable condition on every index, and a generic plan may read the workspace's whole prefix
+of some index and filter it: the planner picks that whenever it believes a workspace is small,
+and its belief is the table-wide average (rows / distinct workspace_ids), not the workspace at
+hand. Measured on Postgres 15, with the earlier statements:
+
+- `key = ANY($array)` is costed as ten index descents (the array's length is unknown), so with
+  about ten people or fewer per workspace on average (many small workspaces beside a big one)
+  the prefix scan won: the load read a 20,000-person workspace to find one person ("Rows
+  Removed by Filter: 19999", 2-10 ms), and so did the merge's DELETE;
+- even one-value equalities on a unique index (`workspace_id = $1 AND cio_id = $2`, the UPDATE)
+  tie with the prefix scan when the planner believes a workspace holds one person (a table of
+  mostly one-person workspaces): both are costed at one index tuple and one heap tuple, and the
+  tie went to the email index's prefix.
+
+So the statements are written so that no plan reading a workspace's prefix can be chosen:
+
+1. One value, one probe. Arrays are unnested and each value is looked up by a LATERAL subquery
+   of its own. A subquery with ORDER BY (or FOR UPDATE) is never flattened into a join, so it
+   runs as the inner side of a nested loop, rescanned per value: no hash or merge join can
+   replace the probes by one scan of the workspace, whatever the estimates.
+2. A probe bounds the whole key of its unique index and asks for that index's order:
+   `workspace_id = $ws AND key >= $v AND key <= $v ORDER BY key`. Only the unique index
+   (workspace_id, key) yields that order; a prefix scan of any other index needs a Sort on top.
+   It is costed at less than one row unless a workspace is believed to hold thousands, where the
+   prefix scan costs those thousands; at the one-person tie the sort order decides. (Written as
+   `key = $v`, the ORDER BY would be redundant, a constant, and the tie-break lost.)
+3. The writes find their row by such a probe, then write it by its tuple id (ctid): a TID scan
+   reads that one row and no index can compete with it (only a sequential scan, in a table of
+   at most a few hundred rows). They write only people the call's load locked FOR UPDATE, in
+   the same transaction, so the ctid cannot change between the probe and the write.
+
+The load keeps one statement and one round trip: the settings and the gate as before, then the
+people: the cio_ids given, plus those the id and email probes find, deduplicated and sorted, each
+fetched (and with Lock.SHARE locked FOR UPDATE) by a cio_id probe, in cio_id order. Each fetched
+row is re-matched against the whole lookup, so that a row updated concurrently (READ COMMITTED
+re-checks a locked row's new version against these conditions) is returned only if it still
+matches, as with the earlier single OR condition; the rules core re-matches the people it gets,
+and the unique indexes are the final guard.
+
+tests/db/test_plans.py proves it: EXPLAIN ANALYZE of every statement of HOT_STATEMENTS, prepared
+and generic, over workspaces of every shape (ids only, emails only, both, many small ones, and a
+table the planner believes holds one person per workspace), reading no more than a handful of
+rows and buffers per plan node."""
 
 from __future__ import annotations
 
@@ -61,35 +110,100 @@ SETTINGS_QUERIES = {
     Lock.SHARE: _gated(SETTINGS_QUERY, "pg_advisory_xact_lock_shared").with_for_update(read=True),
     Lock.UPDATE: _gated(SETTINGS_QUERY, "pg_advisory_xact_lock").with_for_update(key_share=True),  # FOR NO KEY UPDATE
 }
-_FIND_PEOPLE = (
-    sa.select(*PERSON_COLUMNS)
-    .where(
-        people.c.workspace_id == sa.bindparam("workspace_id"),
-        sa.or_(
-            people.c.cio_id == sa.any_(sa.bindparam("cio_ids", type_=_TEXT_ARRAY)),
-            people.c.id_key == sa.any_(sa.bindparam("id_keys", type_=_TEXT_ARRAY)),
-            people.c.email_key == sa.any_(sa.bindparam("email_keys", type_=_TEXT_ARRAY)),
-        ),
+
+
+def _probe(table: sa.Table | sa.Alias, workspace_id: sa.ColumnElement, key: sa.ColumnElement, value: sa.ColumnElement, *columns: sa.ColumnElement) -> sa.Select:
+    """The rows of one workspace whose `key` is `value`, by the unique index (workspace_id, key):
+    a closed range on the whole key, in that index's order (see the module's docstring: the
+    order is what no other index can give, the range what keeps the order meaningful)."""
+    return (
+        sa.select(*columns)
+        .where(table.c.workspace_id == workspace_id, key >= value, key <= value)
+        .order_by(key)
     )
-    .order_by(people.c.cio_id)
-)
+
+
+def _unnested(name: str, alias: str) -> sa.TableValuedAlias:
+    """The values of the text array parameter `name`, one row each: `unnest(:name) AS
+    alias(value)`."""
+    return sa.func.unnest(sa.bindparam(name, type_=_TEXT_ARRAY)).table_valued("value").render_derived(name=alias)
+
+
+def _probed(param: str, alias: str, key_name: str, column: str) -> sa.Select:
+    """`column` of the people whose `key_name` (cio_id, id_key or email_key) is one of the text
+    array parameter `param`'s values: one probe per value."""
+    values = _unnested(param, f"{alias}_value")
+    table = people.alias(alias)
+    column_of = sa.literal_column(f"{alias}.ctid") if column == "ctid" else table.c[column]
+    probe = _probe(table, sa.bindparam("workspace_id"), table.c[key_name], values.c.value, column_of.label(column))
+    found = probe.lateral(f"{alias}_probe")
+    return sa.select(found.c[column]).select_from(values).join(found, sa.true())
+
 
 def _load_statement(lock: Lock) -> sa.Select:
     settings = SETTINGS_QUERIES[lock].cte("ws")
-    found = (_FIND_PEOPLE.with_for_update() if lock != Lock.NONE else _FIND_PEOPLE).lateral("p")
+    # Every cio_id the lookup names, once each, in order (the order people are locked in).
+    wanted = (
+        sa.union(
+            sa.select(_unnested("cio_ids", "given").c.value.label("cio_id")),
+            _probed("id_keys", "by_id", "id_key", "cio_id"),
+            _probed("email_keys", "by_email", "email_key", "cio_id"),
+        )
+        .order_by(sa.literal_column("cio_id"))
+        .subquery("wanted")
+    )
+    # Each of them fetched (and locked) by its own probe of the primary key, and re-matched
+    # against the whole lookup (what a concurrent update's re-check needs). `IS TRUE` keeps the
+    # re-match a filter of the one row: as a bare OR of `= ANY` conditions the planner could
+    # probe the three indexes with it instead (a BitmapOr per cio_id, seen with a million people
+    # in one workspace).
+    table = people.alias("person")
+    matches = sa.or_(
+        table.c.cio_id == sa.any_(sa.bindparam("cio_ids", type_=_TEXT_ARRAY)),
+        table.c.id_key == sa.any_(sa.bindparam("id_keys", type_=_TEXT_ARRAY)),
+        table.c.email_key == sa.any_(sa.bindparam("email_keys", type_=_TEXT_ARRAY)),
+    ).is_(sa.true())
+    fetch = _probe(
+        table, sa.bindparam("workspace_id"), table.c.cio_id, wanted.c.cio_id, *(table.c[c.name] for c in PERSON_COLUMNS)
+    ).where(matches)
+    if lock != Lock.NONE:
+        fetch = fetch.with_for_update()
+    fetched = fetch.lateral("fetched")
+    found = (
+        sa.select(*fetched.c)
+        .select_from(wanted)
+        .join(fetched, sa.true())
+        .order_by(wanted.c.cio_id)
+        .lateral("p")
+    )
     return sa.select(settings, found).select_from(settings.outerjoin(found, sa.true()))
 
 
 _LOAD = {lock: _load_statement(lock) for lock in (Lock.NONE, Lock.SHARE)}
 
+
+def _row_of(cio_id: sa.ColumnElement, workspace_param: str) -> sa.ScalarSelect:
+    """The ctid of one person, found by a primary-key probe."""
+    table = people.alias("target")
+    ctid = sa.literal_column("target.ctid")
+    return _probe(table, sa.bindparam(workspace_param), table.c.cio_id, cio_id, ctid).scalar_subquery()
+
+
+_CTID = sa.literal_column("people.ctid")
 # Executed with a dict of column values: SQLAlchemy binds each named column.
 _INSERT_PERSON = people.insert()
+# The person's row by its ctid (one TID scan), and still by its key: the key conditions cost one
+# row's check and keep the statement meaning what it says.
 _UPDATE_PERSON = people.update().where(
-    people.c.workspace_id == sa.bindparam("key_workspace_id"), people.c.cio_id == sa.bindparam("key_cio_id")
+    _CTID == _row_of(sa.bindparam("key_cio_id"), "key_workspace_id"),
+    people.c.workspace_id == sa.bindparam("key_workspace_id"),
+    people.c.cio_id == sa.bindparam("key_cio_id"),
 )
+# The people's rows by their ctids only: a condition on the key here would let the planner
+# prefer a workspace's prefix again (the TID scan of an array of unknown length is costed as ten
+# rows).
 _DELETE_PEOPLE = people.delete().where(
-    people.c.workspace_id == sa.bindparam("workspace_id"),
-    people.c.cio_id == sa.any_(sa.bindparam("cio_ids", type_=_TEXT_ARRAY)),
+    _CTID == sa.any_(sa.func.array(_probed("cio_ids", "doomed", "cio_id", "ctid").scalar_subquery()))
 )
 
 # The same statements as SQL for the driver (psycopg's %(name)s parameters), compiled once.
@@ -108,3 +222,16 @@ DELETE_PEOPLE_SQL = _sql(_DELETE_PEOPLE)
 SET_TIMEOUTS_SQL = (
     "SELECT set_config('statement_timeout', %(ms)s, true), set_config('lock_timeout', %(ms)s, true)"
 )
+SETTINGS_SQL = _sql(SETTINGS_QUERIES[Lock.NONE])
+
+# Every statement a call of the hot path runs, by a short name: what tests/db/test_plans.py
+# proves index-bound and what bench/floor.py replays under pgbench.
+HOT_STATEMENTS: dict[str, str] = {
+    "load": LOAD_SQL[Lock.NONE],
+    "load_share": LOAD_SQL[Lock.SHARE],
+    "insert_person": INSERT_PERSON_SQL,
+    "update_person": UPDATE_PERSON_SQL,
+    "delete_people": DELETE_PEOPLE_SQL,
+    "set_timeouts": SET_TIMEOUTS_SQL,
+    "settings": SETTINGS_SQL,
+}

