@@ -34,7 +34,7 @@ log = logging.getLogger("identity.server")
 MiB = 1024 * 1024
 
 
-def channel_options(max_streams_per_connection: int = 100) -> list[tuple[str, Any]]:
+def channel_options(max_streams_per_connection: int = 1000) -> list[tuple[str, Any]]:
     """What each connection may cost the server, and how long a client channel stays on one
     worker process."""
     return [
