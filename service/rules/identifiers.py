@@ -84,7 +84,7 @@ def check_ref_allowed(settings: Settings, ref: Ref) -> None:
 
 
 def resolve(settings: Settings, people: Iterable[Person], ref: Ref) -> Person:
-    """R7, then R5/R8: the referenced person among those ref_lookup found, or NOT_FOUND."""
+    """R7, then the referenced person among those ref_lookup found, or NOT_FOUND (R5, R22)."""
     check_ref_allowed(settings, ref)
     person = find(settings.mode, people, ref.field, ref.value)
     if person is None:
@@ -181,7 +181,7 @@ def decide_update_identifier(
     """R20-R24: the person with `field` set to `value`, or a refusal. The request is as
     update_identifier_lookup validated it (shapes, and `field` is id or email); `people` are
     those its lookup found."""
-    assert field != Field.CIO_ID, "update_identifier_lookup refuses a cio_id change"
+    assert field != Field.CIO_ID  # update_identifier_lookup refused it (CIO_ID_IMMUTABLE)
     require_identifier(settings, field, "it is an attribute, changed through Identify")  # R23
     person = resolve(settings, people, ref)  # R22: no match is NOT_FOUND
     owner = find(settings.mode, people, field, value)
@@ -209,7 +209,7 @@ def decide_delete_identifier(
 ) -> Decision:
     """R31-R32: the person without `field`, or a refusal. The request is as
     delete_identifier_lookup validated it (`field` is id or email)."""
-    assert field != Field.CIO_ID, "delete_identifier_lookup refuses a cio_id deletion (R30)"
+    assert field != Field.CIO_ID  # delete_identifier_lookup refused it (R30)
     require_identifier(settings, field, "it is an attribute, removed through Identify")  # R32/R23
     person = resolve(settings, people, ref)
     mode = settings.mode

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Mapping
 
@@ -120,14 +120,22 @@ def decide_identify(
     a = find(mode, people, Field.ID, parts.id)  # R11: the person whose id matches
     b = find(mode, people, Field.EMAIL, parts.email)  # R11: the person whose email matches
 
-    if a is None and b is None:
-        if req.update_only:
-            raise NotFound("PERSON_NOT_FOUND", "no person matches and update_only is set", {"update_only": "true"})
-        created = Person(new_cio_id, None, None, {}, now, now)
-        person = _update(created, parts, now, set_id=parts.id, set_email=parts.email)
-        return Decision(Write.INSERT, replace(person, created_at=now, updated_at=now), outcome=Outcome.CREATED, rule="R11")
+    if a is None:
+        if b is None:
+            # R11 row "none, none": create (unless update_only).
+            if req.update_only:
+                raise NotFound("PERSON_NOT_FOUND", "no person matches and update_only is set", {"update_only": "true"})
+            new = Person(new_cio_id, None, None, {}, now, now)
+            person = _update(new, parts, now, set_id=parts.id, set_email=parts.email)
+            return Decision(Write.INSERT, person, outcome=Outcome.CREATED, rule="R11")
+        # R11 row "none, found": update B; a new id is set through an email reference (R21).
+        new_id = None
+        if parts.id is not None:
+            if judge_identifier_change(settings, b, Field.ID, parts.id, Field.EMAIL, None):
+                new_id = parts.id
+        return _updated(b, _update(b, parts, now, set_id=new_id), "R11")
 
-    if a is not None and (b is None or b.cio_id == a.cio_id):
+    if b is None or b.cio_id == a.cio_id:
         # R11 rows "found, none" and "found, found same": update A. A new email is a change of
         # email through an id reference (R20).
         new_email = None
@@ -136,15 +144,7 @@ def decide_identify(
                 new_email = parts.email
         return _updated(a, _update(a, parts, now, set_email=new_email), "R11")
 
-    if a is None and b is not None:
-        # R11 row "none, found": update B; a new id is set through an email reference (R21).
-        new_id = None
-        if parts.id is not None:
-            if judge_identifier_change(settings, b, Field.ID, parts.id, Field.EMAIL, None):
-                new_id = parts.id
-        return _updated(b, _update(b, parts, now, set_id=new_id), "R11")
-
-    assert a is not None and b is not None and a.cio_id != b.cio_id
+    # R11 row "found, found, different".
     if settings.auto_merge and mode == Mode.EMAIL_OR_ID and a.email is None and b.id is None:
         return _merge(a, b, parts, now)  # R13
     # R11 last row without R13: the email the request gives to A belongs to B.

@@ -156,8 +156,9 @@ def _name_problem(name: str) -> str:
 
 
 class _BadValue(Exception):
+    """Why a value is refused (R6); caught in check_attributes, never raised out of it."""
+
     def __init__(self, description: str, reason: str = "INVALID_ATTRIBUTE_VALUE"):
-        super().__init__(description)
         self.description = description
         self.reason = reason
 

@@ -376,3 +376,64 @@ def test_r2_a_setting_change_applies_to_the_next_call(workspace_stub, stub):
     assert refusal.metadata["owner_cio_id"] == b.cio_id
     update(workspace_stub, workspace, ["auto_merge"], auto_merge=True)
     assert identify(stub, workspace, id="ab100", email="b@example.com").outcome == pb.IDENTIFY_OUTCOME_MERGED
+
+
+# --------------------------------------------------------------------------- direct switches between the single-identifier modes
+
+
+def test_r2_email_only_to_id_only_when_everyone_has_a_unique_id(workspace_stub, stub):
+    workspace = new_workspace(workspace_stub, pb.WorkspaceSettings(identifier_mode=EMAIL_ONLY))
+    a = identify(stub, workspace, email="a@example.com", id="ab100").person
+    identify(stub, workspace, email="b@example.com", id="AB100")  # ids are case-sensitive: distinct
+    assert update(workspace_stub, workspace, ["identifier_mode"], identifier_mode=ID_ONLY).identifier_mode == ID_ONLY
+    # id is the identifier now: it references the person, and email is an attribute.
+    assert get(stub, workspace, id="ab100").cio_id == a.cio_id
+    refused(stub.GetPerson, pb.GetPersonRequest(workspace_id=workspace, person=ref(email="a@example.com")),
+            FAILED_PRECONDITION)
+    again = identify(stub, workspace, id="ab100", email="b@example.com")
+    assert (again.outcome, again.person.cio_id) == (pb.IDENTIFY_OUTCOME_UPDATED, a.cio_id)
+
+
+def test_r2_email_only_to_id_only_refused_with_shared_ids(workspace_stub, stub, people_rows):
+    workspace = new_workspace(workspace_stub, pb.WorkspaceSettings(identifier_mode=EMAIL_ONLY))
+    sharing = {identify(stub, workspace, email="a@example.com", id="shared").person.cio_id,
+               identify(stub, workspace, email="b@example.com", id="shared").person.cio_id}
+    identify(stub, workspace, email="c@example.com", id="own")
+    settings_before, rows_before = settings_of(stub, workspace), people_rows(workspace)
+    refusal = refused(workspace_stub.UpdateSettings, update_request(workspace, ["identifier_mode"],
+                                                                    identifier_mode=ID_ONLY), FAILED_PRECONDITION)
+    assert refusal.reason == "DUPLICATE_IDS"
+    assert set(refusal.metadata["sample_cio_ids"].split(",")) == sharing
+    assert settings_of(stub, workspace) == settings_before
+    assert people_rows(workspace) == rows_before
+
+
+def test_r2_email_only_to_id_only_refused_while_a_person_has_no_id(workspace_stub, stub):
+    workspace = new_workspace(workspace_stub, pb.WorkspaceSettings(identifier_mode=EMAIL_ONLY))
+    identify(stub, workspace, email="a@example.com", id="ab100")
+    lacking = identify(stub, workspace, email="b@example.com").person.cio_id
+    refusal = refused(workspace_stub.UpdateSettings, update_request(workspace, ["identifier_mode"],
+                                                                    identifier_mode=ID_ONLY), FAILED_PRECONDITION)
+    assert (refusal.reason, refusal.metadata["sample_cio_ids"]) == ("PEOPLE_WITHOUT_ID", lacking)
+
+
+def test_r2_id_only_to_email_only_when_everyone_has_a_unique_email(workspace_stub, stub):
+    workspace = new_workspace(workspace_stub, pb.WorkspaceSettings(identifier_mode=ID_ONLY))
+    a = identify(stub, workspace, id="a", email="Person@Example.com").person
+    identify(stub, workspace, id="a2", email="other@example.com")
+    update(workspace_stub, workspace, ["identifier_mode"], identifier_mode=EMAIL_ONLY)
+    assert get(stub, workspace, email="PERSON@example.com").cio_id == a.cio_id
+    refused(stub.GetPerson, pb.GetPersonRequest(workspace_id=workspace, person=ref(id="a")), FAILED_PRECONDITION)
+
+
+def test_r2_id_only_to_email_only_refused_with_emails_shared_case_insensitively(workspace_stub, stub, people_rows):
+    workspace = new_workspace(workspace_stub, pb.WorkspaceSettings(identifier_mode=ID_ONLY))
+    sharing = {identify(stub, workspace, id="a", email="Same@Example.com").person.cio_id,
+               identify(stub, workspace, id="b", email="same@example.com").person.cio_id}
+    settings_before, rows_before = settings_of(stub, workspace), people_rows(workspace)
+    refusal = refused(workspace_stub.UpdateSettings, update_request(workspace, ["identifier_mode"],
+                                                                    identifier_mode=EMAIL_ONLY), FAILED_PRECONDITION)
+    assert refusal.reason == "DUPLICATE_EMAILS"
+    assert set(refusal.metadata["sample_cio_ids"].split(",")) == sharing
+    assert settings_of(stub, workspace) == settings_before
+    assert people_rows(workspace) == rows_before

@@ -599,6 +599,7 @@ def test_r72_update_identifier_names_the_rule(settings, ref, field, value, write
 def test_r72_delete_identifier_names_r31():
     p = person(id="ab100", email="p@example.com")
     assert delete(ws(E), [p], by_cio(), Field.ID).rule == "R31"
+    assert delete(ws(E), [p], by_cio(), Field.EMAIL).rule == "R31"
     assert delete(ws(E), [person(email="p@example.com")], by_cio(), Field.ID).rule == "R31"
 
 

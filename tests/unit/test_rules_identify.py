@@ -230,6 +230,7 @@ def test_r11_none_none_with_update_only_is_not_found():
         NotFound,
         "PERSON_NOT_FOUND",
         lambda: identify(ws(), [person(CIO_B, id="other")], id="ab100", email="p@example.com", update_only=True),
+        update_only="true",
     )
 
 
@@ -449,6 +450,28 @@ def test_r12_email_only_attributes_id_maps_to_person_id():
     b = person(CIO_B, id="cd200", email="p@example.com")
     decision = identify(ws(O), [b], email="p@example.com", attributes={"id": None})
     assert_updated(decision, b, id=None)
+
+
+@pytest.mark.parametrize(
+    "mode, fields",
+    [(I, {"id": "ab100"}), (I, {"cio_id": CIO_A}), (O, {"email": "p@example.com"}), (O, {"cio_id": CIO_A})],
+)
+def test_r12_a_request_without_the_attribute_field_keeps_it(mode, fields):
+    # Where id or email is an attribute, a request that does not carry it leaves it as it is (R14).
+    a = person(id="ab100", email="p@example.com", attributes={"plan": "free"})
+    decision = identify(ws(mode), [a], **fields, attributes={"plan": "pro"})
+    assert_updated(decision, a, attributes={"plan": "pro"})
+
+
+def test_r12_every_violation_of_the_mode_is_named_together():
+    with pytest.raises(InvalidArgument) as info:
+        identify(ws(I), [], attributes={"id": "ab100", "email": "nope", "cio_id": "x"})
+    assert sorted((v.field, v.reason) for v in info.value.violations) == [
+        ("attributes.cio_id", "RESERVED_ATTRIBUTE_NAME"),
+        ("attributes.email", "INVALID_EMAIL"),
+        ("attributes.id", "RESERVED_ATTRIBUTE_NAME"),
+        ("id", "MISSING_IDENTIFIER"),
+    ]
 
 
 def test_r12_email_only_attributes_id_conflicting_with_request_id_is_invalid():

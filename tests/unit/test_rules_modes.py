@@ -1,5 +1,5 @@
-"""Identifier modes: which fields identify a person (R1), the index keys per mode, and settings
-changes validated against the data (R2)."""
+"""Identifier modes: which fields identify a person (R1), and settings changes validated against
+the data (R2)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ import pytest
 from service.domain import Field, Mode, Person, Settings
 from service.errors import FailedPrecondition
 from service.rules import modes
-from service.db.keys import Keys, keys_for
-from service.rules.modes import Check, CheckResult, decide_settings_change, mode_change_checks
+from service.rules.modes import Check, CheckResult, check_people, decide_settings_change, mode_change_checks
 
 # --------------------------------------------------------------------------- builders
 
@@ -69,33 +68,6 @@ def test_r1_default_settings_match_section_2():
     assert s.email_updatable_by_id is True
     assert s.sole_identifier_updatable is False
     assert s.auto_merge is True
-
-
-def test_r1_email_or_id_keys_hold_id_and_email_key():
-    keys = keys_for(E, person(id="AB100", email="Person@Example.com"))
-    assert keys == Keys(id_key="AB100", email_norm="person@example.com", email_key="person@example.com")
-
-
-def test_r1_id_only_email_is_not_a_key_but_its_norm_is_kept():
-    keys = keys_for(I, person(id="ab100", email="Person@Example.com"))
-    assert keys == Keys(id_key="ab100", email_norm="person@example.com", email_key=None)
-
-
-def test_r1_email_only_id_is_not_a_key():
-    keys = keys_for(O, person(id="ab100", email="Person@Example.com"))
-    assert keys == Keys(id_key=None, email_norm="person@example.com", email_key="person@example.com")
-
-
-def test_r1_keys_id_is_case_sensitive_email_is_not():
-    lower = keys_for(E, person(id="ab100", email="person@example.com"))
-    upper = keys_for(E, person(id="AB100", email="PERSON@Example.COM"))
-    assert lower.id_key != upper.id_key
-    assert lower.email_key == upper.email_key
-
-
-@pytest.mark.parametrize("mode", list(Mode))
-def test_r1_keys_of_a_person_without_id_or_email_are_empty(mode):
-    assert keys_for(mode, person()) == Keys(None, None, None)
 
 
 # --------------------------------------------------------------------------- R2: which checks
@@ -184,3 +156,121 @@ def test_r2_settings_keep_the_current_workspace():
 def test_r2_check_with_zero_offending_people_passes():
     results = {Check.EVERY_PERSON_HAS_EMAIL: CheckResult(0, ())}
     assert decide_settings_change(ws(E), ws(O), results).mode is O
+
+
+# --------------------------------------------------------------------------- R2: on the data
+#
+# The checks as the data answers them (modes.check_people, the definition the repository's SQL
+# implements), through mode_change_checks and decide_settings_change as the service runs them.
+
+
+def change_mode(current: Mode, new: Mode, people: list[Person]) -> Settings:
+    results = {check: check_people(check, people) for check in mode_change_checks(current, new)}
+    return decide_settings_change(ws(current), ws(new), results)
+
+
+def test_r2_email_only_to_id_only_allowed_when_everyone_has_an_id_and_ids_are_unique():
+    # In EMAIL_ONLY the ids are attributes (no unique key holds them), yet the people have them.
+    people = [person(id="ab100", email="a@example.com", cio_id=cio(1)),
+              person(id="AB100", email="b@example.com", cio_id=cio(2))]  # ids are case-sensitive
+    assert change_mode(O, I, people).mode is I
+
+
+def test_r2_email_only_to_id_only_refused_when_someone_has_no_id():
+    people = [person(id="ab100", email="a@example.com", cio_id=cio(1)),
+              person(email="b@example.com", cio_id=cio(2))]
+    with pytest.raises(FailedPrecondition) as info:
+        change_mode(O, I, people)
+    assert info.value.reason == "PEOPLE_WITHOUT_ID"
+    assert info.value.metadata["offending_count"] == "1"
+    assert info.value.metadata["sample_cio_ids"] == cio(2)
+
+
+def test_r2_email_only_to_id_only_refused_when_two_share_an_id():
+    people = [person(id="ab100", email="a@example.com", cio_id=cio(3)),
+              person(id="ab100", email="b@example.com", cio_id=cio(1)),
+              person(id="cd200", email="c@example.com", cio_id=cio(2))]
+    with pytest.raises(FailedPrecondition) as info:
+        change_mode(O, I, people)
+    assert info.value.reason == "DUPLICATE_IDS"
+    assert info.value.metadata["offending_count"] == "2"
+    assert info.value.metadata["sample_cio_ids"] == f"{cio(1)},{cio(3)}"  # in cio_id order
+
+
+def test_r2_id_only_to_email_only_refused_with_duplicate_emails_case_insensitively():
+    people = [person(id="ab100", email="Person@Example.com", cio_id=cio(1)),
+              person(id="cd200", email="person@example.com", cio_id=cio(2)),
+              person(id="ef300", email="other@example.com", cio_id=cio(3))]
+    with pytest.raises(FailedPrecondition) as info:
+        change_mode(I, O, people)
+    assert info.value.reason == "DUPLICATE_EMAILS"
+    assert info.value.metadata["offending_count"] == "2"
+    assert info.value.metadata["sample_cio_ids"] == f"{cio(1)},{cio(2)}"
+
+
+def test_r2_id_only_to_email_only_allowed_with_distinct_emails():
+    people = [person(id="ab100", email="a@example.com", cio_id=cio(1)),
+              person(id="ab100", email="b@example.com", cio_id=cio(2))]  # ids no longer matter
+    assert change_mode(I, O, people).mode is O
+
+
+def test_r2_id_only_to_email_only_refused_when_someone_has_no_email_first():
+    people = [person(id="ab100", cio_id=cio(1)),
+              person(id="cd200", email="p@example.com", cio_id=cio(2)),
+              person(id="ef300", email="P@example.com", cio_id=cio(3))]
+    with pytest.raises(FailedPrecondition) as info:
+        change_mode(I, O, people)
+    assert info.value.reason == "PEOPLE_WITHOUT_EMAIL"  # the first failing check, in R2's order
+
+
+@pytest.mark.parametrize(
+    "current, new, people, reason",
+    [
+        (E, I, [person(id="ab100", cio_id=cio(1)), person(email="p@example.com", cio_id=cio(2))], "PEOPLE_WITHOUT_ID"),
+        (E, O, [person(email="p@example.com", cio_id=cio(2)), person(id="ab100", cio_id=cio(1))], "PEOPLE_WITHOUT_EMAIL"),
+        (I, E, [person(id="ab100", email="P@x.example", cio_id=cio(1)), person(id="cd200", email="p@x.example", cio_id=cio(2))], "DUPLICATE_EMAILS"),
+        (O, E, [person(id="ab100", email="a@x.example", cio_id=cio(1)), person(id="ab100", email="b@x.example", cio_id=cio(2))], "DUPLICATE_IDS"),
+    ],
+)
+def test_r2_to_and_from_email_or_id_on_the_data(current, new, people, reason):
+    with pytest.raises(FailedPrecondition) as info:
+        change_mode(current, new, people)
+    assert info.value.reason == reason
+    # Without the offending person the change goes through.
+    assert change_mode(current, new, people[:1]).mode is new
+
+
+def test_r2_check_people_counts_everyone_and_samples_the_first_ten_by_cio_id():
+    people = [person(cio_id=cio(n)) for n in reversed(range(25))]
+    result = check_people(Check.EVERY_PERSON_HAS_ID, people)
+    assert result == CheckResult(25, tuple(cio(n) for n in range(10)))
+    assert check_people(Check.EVERY_PERSON_HAS_EMAIL, []) == CheckResult(0, ())
+    shared = [person(id="x", cio_id=cio(n)) for n in range(12)] + [person(cio_id=cio(99))]
+    assert check_people(Check.IDS_UNIQUE, shared) == CheckResult(12, tuple(cio(n) for n in range(10)))
+    # People without the field share nothing.
+    assert check_people(Check.EMAILS_UNIQUE, shared) == CheckResult(0, ())
+
+
+# --------------------------------------------------------------------------- R12: as clients see people
+
+
+def test_r12_email_or_id_presents_the_person_as_stored():
+    p = Person("a" * 20, "ab100", "p@example.com", {"plan": "pro"}, T0, T0)
+    assert modes.presented(E, p) is p
+
+
+def test_r12_id_only_presents_the_email_as_an_attribute():
+    p = Person("a" * 20, "ab100", "P@Example.com", {"plan": "pro"}, T0, T0)
+    assert modes.presented(I, p) == Person(
+        "a" * 20, "ab100", None, {"plan": "pro", "email": "P@Example.com"}, T0, T0
+    )
+    assert p.attributes == {"plan": "pro"}  # the stored person is not touched
+    bare = Person("a" * 20, "ab100", None, {"plan": "pro"}, T0, T0)
+    assert modes.presented(I, bare) == bare
+
+
+def test_r12_email_only_presents_the_id_as_an_attribute():
+    p = Person("a" * 20, "ab100", "p@example.com", {}, T0, T0)
+    assert modes.presented(O, p) == Person("a" * 20, None, "p@example.com", {"id": "ab100"}, T0, T0)
+    bare = Person("a" * 20, None, "p@example.com", {"n": 1}, T0, T0)
+    assert modes.presented(O, bare) == bare

@@ -3,6 +3,7 @@ R6 (attributes), R8 (workspace id shape), and how they surface as field violatio
 
 from __future__ import annotations
 
+import json
 import socket
 import unicodedata
 from datetime import datetime, timezone
@@ -15,6 +16,7 @@ from service.domain import Field, IdentifyInput, Mode, Person, Ref, Settings
 from service.errors import FailedPrecondition, InvalidArgument
 from service.rules import identifiers, identify, modes, validation
 from service.rules.validation import (
+    ATTRIBUTE_VALUE_MAX_BYTES,
     check_attributes,
     check_cio_id,
     check_email,
@@ -285,6 +287,13 @@ def test_r4_email_key_ignores_ascii_case(address):
 # --------------------------------------------------------------------------- R5: cio_id shape
 
 
+def test_r5_every_character_of_a_new_cio_id_is_random():
+    # 100 random bits, 5 per character: each position takes many values.
+    ids = [new_cio_id() for _ in range(300)]
+    for position in range(20):
+        assert len({value[position] for value in ids}) > 16, position
+
+
 def test_r5_new_cio_id_has_the_service_shape():
     ids = {new_cio_id() for _ in range(200)}
     assert len(ids) == 200  # 100 random bits: no collisions in a few hundred
@@ -401,6 +410,161 @@ def test_r6_identify_reports_a_violation_for_each_bad_field():
         ("attributes.email", "RESERVED_ATTRIBUTE_NAME"),
         ("attributes.id", "RESERVED_ATTRIBUTE_NAME"),
     ]
+
+
+def nested(depth: int, leaf=1):
+    """`leaf` inside `depth` levels of lists and objects, alternating."""
+    value = leaf
+    for level in range(depth):
+        value = [value] if level % 2 else {"k": value}
+    return value
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("where", ["top", "list", "object", "deep"])
+def test_r6_numbers_must_be_finite_anywhere_in_a_value(value, where):
+    wrapped = {"top": value, "list": [1, value], "object": {"a": {"b": value}}, "deep": nested(10, value)}[where]
+    violations = check_attributes({"n": wrapped})
+    assert reasons(violations) == [("attributes.n", "INVALID_ATTRIBUTE_VALUE")]
+    assert "finite" in violations[0].description
+
+
+def test_r6_nul_is_refused_in_names_and_in_strings_anywhere():
+    assert reasons(check_attributes({"a\x00b": 1})) == [("attributes.a\x00b", "INVALID_ATTRIBUTE_NAME")]
+    for value in ["a\x00", ["ok", "\x00"], {"k": {"k2": "x\x00y"}}, {"k\x00": 1}, nested(16, "\x00")]:
+        violations = check_attributes({"v": value})
+        assert reasons(violations) == [("attributes.v", "INVALID_ATTRIBUTE_VALUE")], value
+        assert "NUL" in violations[0].description
+    # Other control characters are fine in attribute values (JSON escapes them).
+    assert check_attributes({"v": "tab\there\x01", "w": {"\x1f": "\x7f"}}) == []
+
+
+def test_r6_at_most_16_levels_of_lists_and_objects():
+    assert check_attributes({"v": nested(16)}) == []
+    assert check_attributes({"v": nested(16, [])}) != []  # a 17th level, even empty
+    violations = check_attributes({"v": nested(17)})
+    assert reasons(violations) == [("attributes.v", "INVALID_ATTRIBUTE_VALUE")]
+    assert "16" in violations[0].description
+    # A value far deeper than Python's recursion limit is refused, not a crash.
+    assert reasons(check_attributes({"v": nested(100_000)})) == [("attributes.v", "INVALID_ATTRIBUTE_VALUE")]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [(1, 2), {1: "x"}, {None: 1}, b"bytes", object(), {1, 2}],
+    ids=["tuple", "int-key", "none-key", "bytes", "object", "set"],
+)
+def test_r6_only_json_values_are_accepted(value):
+    if isinstance(value, tuple):  # json.dumps writes a tuple as a list
+        assert check_attributes({"v": value}) == []
+    else:
+        assert reasons(check_attributes({"v": value})) == [("attributes.v", "INVALID_ATTRIBUTE_VALUE")]
+
+
+def test_r6_lone_surrogates_are_refused_in_names_and_values():
+    assert reasons(check_attributes({"a\ud800": 1})) == [("attributes.a\ud800", "INVALID_ATTRIBUTE_NAME")]
+    assert reasons(check_attributes({"v": ["\udfff"]})) == [("attributes.v", "INVALID_ATTRIBUTE_VALUE")]
+    assert reasons(check_attributes({"v": {"\ud800": 1}})) == [("attributes.v", "INVALID_ATTRIBUTE_VALUE")]
+
+
+def test_r6_huge_integers_are_too_large_not_a_crash():
+    assert check_attributes({"n": 10**999}) == []  # 1000 digits
+    assert reasons(check_attributes({"n": 10**1000})) == [("attributes.n", "ATTRIBUTE_VALUE_TOO_LARGE")]
+    assert reasons(check_attributes({"n": -(10**5000)})) == [("attributes.n", "ATTRIBUTE_VALUE_TOO_LARGE")]
+    assert reasons(check_attributes({"n": 2**3333})) == [("attributes.n", "ATTRIBUTE_VALUE_TOO_LARGE")]
+
+
+def test_r6_each_attribute_gets_its_own_violation():
+    violations = check_attributes({"ok": 1, "gone": None, "a": float("nan"), "": 2, "b": "x" * 1000, "c": {"\x00": 1}})
+    assert reasons(violations) == [
+        ("attributes.a", "INVALID_ATTRIBUTE_VALUE"),
+        ("attributes.", "INVALID_ATTRIBUTE_NAME"),
+        ("attributes.b", "ATTRIBUTE_VALUE_TOO_LARGE"),
+        ("attributes.c", "INVALID_ATTRIBUTE_VALUE"),
+    ]
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00"), max_size=20),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00"), max_size=5),
+                      children, max_size=4),
+    max_leaves=30,
+)
+
+
+def json_bytes(value) -> int:
+    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+
+
+@given(json_values)
+def test_r6_the_size_is_the_compact_json_encoding_in_utf8(value):
+    # Padded to exactly the limit with a string: accepted; one byte more: too large. The walk
+    # counts what json.dumps writes, for any value.
+    size = json_bytes([value, ""])
+    if size > ATTRIBUTE_VALUE_MAX_BYTES:
+        assert reasons(check_attributes({"v": [value, ""]})) == [("attributes.v", "ATTRIBUTE_VALUE_TOO_LARGE")]
+        return
+    pad = ATTRIBUTE_VALUE_MAX_BYTES - size
+    exact = [value, "x" * pad]
+    assert json_bytes(exact) == ATTRIBUTE_VALUE_MAX_BYTES
+    assert check_attributes({"v": exact}) == []
+    assert reasons(check_attributes({"v": [value, "x" * (pad + 1)]})) == [
+        ("attributes.v", "ATTRIBUTE_VALUE_TOO_LARGE")
+    ]
+
+
+@pytest.mark.parametrize(
+    "value",
+    ['"\\', "\n\t\x01\x1f", "\u2028é€😀", True, False, None, 0, -17, 1.5, -0.0, 1e300, 5e-324, 1e16,
+     [], {}, [[], {}], {"k": [1, "two", {"三": None}]}],
+)
+def test_r6_the_size_of_each_kind_of_value(value):
+    padded = [value, "x" * (ATTRIBUTE_VALUE_MAX_BYTES - json_bytes([value, ""]))]
+    assert check_attributes({"v": padded}) == []
+    padded[1] += "x"
+    assert reasons(check_attributes({"v": padded})) == [("attributes.v", "ATTRIBUTE_VALUE_TOO_LARGE")]
+
+
+def test_r6_sizes_are_computed_once_per_identify(monkeypatch):
+    # The lookup walks each value; the decision does not walk or encode them again.
+    calls = []
+    walk = validation._json_size
+    monkeypatch.setattr(validation, "_json_size", lambda *args: calls.append(args[0]) or walk(*args))
+    monkeypatch.setattr(json, "dumps", lambda *a, **k: pytest.fail("JSON-encoded"))
+    plan(ws(), id="ab100", attributes={"a": "x", "b": "y", "c": None})
+    assert sorted(calls) == ["x", "y"]
+
+
+@pytest.mark.parametrize("field", ["id", "email", "cio_id"])
+def test_r3_r4_r5_nul_in_an_identifier_is_refused(field):
+    value = {"id": "ab\x00100", "email": "p\x00@example.com", "cio_id": "a" * 19 + "\x00"}[field]
+    reason = {"id": "INVALID_ID", "email": "INVALID_EMAIL", "cio_id": "INVALID_CIO_ID"}[field]
+    expect_invalid(lambda: identify.identify_lookup(IdentifyInput(WS, **{field: value})), field, reason)
+    expect_invalid(
+        lambda: identifiers.ref_lookup(WS, Ref(Field(field), value)), f"person.{field}", reason
+    )
+    if field != "cio_id":
+        expect_invalid(
+            lambda: identifiers.update_identifier_lookup(WS, Ref(Field.CIO_ID, CIO_A), Field(field), value),
+            "value",
+            reason,
+        )
+
+
+def test_r8_r42_identify_lookup_names_the_workspace_with_every_other_bad_field():
+    with pytest.raises(InvalidArgument) as info:
+        identify.identify_lookup(IdentifyInput("bad ws", id=" ab100", email="nope", attributes={"n": float("nan")}))
+    assert reasons(info.value.violations) == [
+        ("workspace_id", "INVALID_WORKSPACE_ID"),
+        ("id", "INVALID_ID"),
+        ("email", "INVALID_EMAIL"),
+        ("attributes.n", "INVALID_ATTRIBUTE_VALUE"),
+    ]
+    with pytest.raises(InvalidArgument) as info:
+        identify.identify_lookup(IdentifyInput("", cio_id="x"))
+    assert reasons(info.value.violations) == [("workspace_id", "WORKSPACE_ID_REQUIRED"), ("cio_id", "INVALID_CIO_ID")]
 
 
 def test_r6_stored_person_is_limited_to_300_attributes():
