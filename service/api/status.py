@@ -42,9 +42,9 @@ def code_of(error: errors.DomainError) -> int:
 
 def cut(text: str, limit: int = MAX_TEXT) -> str:
     """At most `limit` bytes of UTF-8 (whole characters), saying so when cut."""
-    data = text.encode("utf-8", "replace")
+    data = text.encode("utf-8", "replace")  # a lone surrogate (never valid in a message) becomes "?"
     if len(data) <= limit:
-        return text
+        return data.decode("utf-8")
     return data[: limit - 14].decode("utf-8", "ignore") + "…(truncated)"
 
 

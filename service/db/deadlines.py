@@ -1,4 +1,4 @@
-"""The current call's deadline, set by the server's interceptor and read by the unit of work,
+"""The current call's deadline, set by the gRPC edge (service.api.handlers) and read by the unit of work,
 so that a call's database work is bounded by what its client is still waiting for."""
 
 from __future__ import annotations

@@ -2,54 +2,60 @@
 SQL (psycopg's %(name)s parameters). Each call only binds values; psycopg prepares them
 server-side after a few uses, and every prepared statement runs with a generic plan
 (plan_cache_mode=force_generic_plan, service.db.engine): one plan per connection, made without
-the values and without knowing the workspace.
+the values, so without knowing the workspace or how many people it holds.
 
 Plans that cannot degrade
 -------------------------
-Every index of `people` leads with `workspace_id`. So for any lookup, `workspace_id = $1` alone
-is a usable condition on every index, and a generic plan may read the workspace's whole prefix
-of some index and filter it: the planner picks that whenever it believes a workspace is small,
-and its belief is the table-wide average (rows / distinct workspace_ids), not the workspace at
-hand. Measured on Postgres 15, with the earlier statements:
+Every index of `people` leads with `workspace_id`, so `workspace_id = $1` alone is a usable
+condition on every index: a plan may read the workspace's whole prefix of some index and filter
+it. A generic plan does so whenever that looks cheap for an average workspace (the table's rows
+over its distinct workspace_ids), whatever the workspace at hand. Measured on Postgres 15 with
+the earlier statements:
 
-- `key = ANY($array)` is costed as ten index descents (the array's length is unknown), so with
-  about ten people or fewer per workspace on average (many small workspaces beside a big one)
-  the prefix scan won: the load read a 20,000-person workspace to find one person ("Rows
-  Removed by Filter: 19999", 2-10 ms), and so did the merge's DELETE;
-- even one-value equalities on a unique index (`workspace_id = $1 AND cio_id = $2`, the UPDATE)
-  tie with the prefix scan when the planner believes a workspace holds one person (a table of
-  mostly one-person workspaces): both are costed at one index tuple and one heap tuple, and the
-  tie went to the email index's prefix.
+- `key = ANY($array)` is costed as ten index descents (an array of unknown length), so once a
+  workspace averaged about ten people or fewer (many small workspaces beside big ones) the
+  prefix scan won: the load read a 5,000-person ID_ONLY workspace to find one person ("Rows
+  Removed by Filter: 4999"), and the merge's DELETE did the same;
+- a one-value equality on a unique index (`workspace_id = $1 AND cio_id = $2`, the UPDATE) ties
+  with the prefix scan when the average workspace holds one person (a table of mostly
+  one-person workspaces): both cost one index tuple and one heap tuple, and the tie went to the
+  email index's prefix, in every statement.
 
-So the statements are written so that no plan reading a workspace's prefix can be chosen:
+So each lookup is written so that no plan reading a workspace's prefix can win, whatever the
+statistics:
 
 1. One value, one probe. Arrays are unnested and each value is looked up by a LATERAL subquery
-   of its own. A subquery with ORDER BY (or FOR UPDATE) is never flattened into a join, so it
-   runs as the inner side of a nested loop, rescanned per value: no hash or merge join can
-   replace the probes by one scan of the workspace, whatever the estimates.
-2. A probe bounds the whole key of its unique index and asks for that index's order:
-   `workspace_id = $ws AND key >= $v AND key <= $v ORDER BY key`. Only the unique index
-   (workspace_id, key) yields that order; a prefix scan of any other index needs a Sort on top.
-   It is costed at less than one row unless a workspace is believed to hold thousands, where the
-   prefix scan costs those thousands; at the one-person tie the sort order decides. (Written as
-   `key = $v`, the ORDER BY would be redundant, a constant, and the tie-break lost.)
-3. The writes find their row by such a probe, then write it by its tuple id (ctid): a TID scan
-   reads that one row and no index can compete with it (only a sequential scan, in a table of
-   at most a few hundred rows). They write only people the call's load locked FOR UPDATE, in
-   the same transaction, so the ctid cannot change between the probe and the write.
+   of its own, which Postgres never flattens into a join (it has ORDER BY and LIMIT): it runs
+   as the inner side of a nested loop, once per value. No hash or merge join can replace the
+   probes by one pass over the workspace.
+2. A probe bounds the whole key of its unique index, in that index's order, first row only:
+   `workspace_id = $ws AND key >= $v AND key <= $v ORDER BY key LIMIT 1`. Only the unique
+   index (workspace_id, key) returns rows in that order; a prefix scan of another index needs a
+   Sort of all it reads before the first row comes out, so it costs its whole prefix, never
+   less than the probe (at the one-person tie, the order decides). Written as `key = $v`, the
+   ORDER BY would be redundant (a constant) and the tie-break lost. The range's selectivity is
+   a guess (half a percent of the workspace's estimated rows): LIMIT 1 keeps it out of the
+   costs, which otherwise grow with the workspace until Postgres JIT-compiles the plan on every
+   call (330 ms a call, seen with a million people in one workspace).
+3. The writes find their row by such a probe and write it by its tuple id (ctid): a TID scan
+   reads that one row and no index scan can compete with it. They write only people the call's
+   load locked FOR UPDATE in the same transaction, so the ctid cannot change in between. The
+   UPDATE also keeps its key conditions (a check of the one row); the DELETE cannot: a TID scan
+   of an array of unknown length is costed as ten rows, and the workspace's prefix would win
+   again. The only other plan left is a sequential scan, chosen for tables of at most a few
+   hundred (UPDATE) or about a thousand (DELETE) people.
 
 The load keeps one statement and one round trip: the settings and the gate as before, then the
-people: the cio_ids given, plus those the id and email probes find, deduplicated and sorted, each
-fetched (and with Lock.SHARE locked FOR UPDATE) by a cio_id probe, in cio_id order. Each fetched
-row is re-matched against the whole lookup, so that a row updated concurrently (READ COMMITTED
-re-checks a locked row's new version against these conditions) is returned only if it still
-matches, as with the earlier single OR condition; the rules core re-matches the people it gets,
-and the unique indexes are the final guard.
+people: the cio_ids given plus those the id and email probes find, deduplicated and sorted, each
+fetched (and with Lock.SHARE locked FOR UPDATE) by its own primary-key probe, in cio_id order,
+and re-matched against the whole lookup. A row locked after a concurrent change is its latest
+version (READ COMMITTED), returned only if it still matches, as before; the rules core re-matches
+the people it gets, and the unique indexes are the final guard.
 
 tests/db/test_plans.py proves it: EXPLAIN ANALYZE of every statement of HOT_STATEMENTS, prepared
 and generic, over workspaces of every shape (ids only, emails only, both, many small ones, and a
-table the planner believes holds one person per workspace), reading no more than a handful of
-rows and buffers per plan node."""
+table the planner believes holds one person per workspace): no plan node reads more than a
+handful of rows or buffers, and no plan's cost grows with the data."""
 
 from __future__ import annotations
 
@@ -96,6 +102,7 @@ SETTINGS_QUERY = sa.select(*SETTINGS_COLUMNS).where(workspaces.c.workspace_id ==
 # also take the workspace's gate shared and a settings change takes it exclusively, first, in
 # the same statement as the row lock (which, taken after the gate, sees the latest settings).
 _GATE_CLASS = sa.literal_column("7242")  # the advisory lock namespace of workspace gates
+_ONE = sa.literal_column("1")  # LIMIT 1 as a constant: a bound LIMIT is unknown to a generic plan
 
 
 def _gated(query: sa.Select, lock_function: str) -> sa.Select:
@@ -112,14 +119,19 @@ SETTINGS_QUERIES = {
 }
 
 
-def _probe(table: sa.Table | sa.Alias, workspace_id: sa.ColumnElement, key: sa.ColumnElement, value: sa.ColumnElement, *columns: sa.ColumnElement) -> sa.Select:
-    """The rows of one workspace whose `key` is `value`, by the unique index (workspace_id, key):
-    a closed range on the whole key, in that index's order (see the module's docstring: the
-    order is what no other index can give, the range what keeps the order meaningful)."""
+def _probe(
+    table: sa.Table | sa.Alias, workspace_id: sa.ColumnElement, key: sa.ColumnElement, value: sa.ColumnElement,
+    *columns: sa.ColumnElement,
+) -> sa.Select:
+    """The one row of a workspace whose `key` is `value`, by the unique index (workspace_id, key):
+    a closed range on the whole key, in that index's order, first row only (see the module's
+    docstring: the order is what no other index can give, the range what keeps the order
+    meaningful, the limit what keeps the range's estimate out of the costs)."""
     return (
         sa.select(*columns)
         .where(table.c.workspace_id == workspace_id, key >= value, key <= value)
         .order_by(key)
+        .limit(_ONE)
     )
 
 
@@ -142,37 +154,43 @@ def _probed(param: str, alias: str, key_name: str, column: str) -> sa.Select:
 
 def _load_statement(lock: Lock) -> sa.Select:
     settings = SETTINGS_QUERIES[lock].cte("ws")
-    # Every cio_id the lookup names, once each, in order (the order people are locked in).
-    wanted = (
-        sa.union(
-            sa.select(_unnested("cio_ids", "given").c.value.label("cio_id")),
-            _probed("id_keys", "by_id", "id_key", "cio_id"),
-            _probed("email_keys", "by_email", "email_key", "cio_id"),
-        )
-        .order_by(sa.literal_column("cio_id"))
-        .subquery("wanted")
-    )
-    # Each of them fetched (and locked) by its own probe of the primary key, and re-matched
-    # against the whole lookup (what a concurrent update's re-check needs). `IS TRUE` keeps the
-    # re-match a filter of the one row: as a bare OR of `= ANY` conditions the planner could
-    # probe the three indexes with it instead (a BitmapOr per cio_id, seen with a million people
-    # in one workspace).
+    # Every cio_id the lookup names, once each, in order (the order people are locked in): one
+    # sort of the few values found (UNION would hash them, then sort).
+    named = sa.union_all(
+        sa.select(_unnested("cio_ids", "given").c.value.label("cio_id")),
+        _probed("id_keys", "by_id", "id_key", "cio_id"),
+        _probed("email_keys", "by_email", "email_key", "cio_id"),
+    ).subquery("named")
+    wanted = sa.select(named.c.cio_id).distinct().order_by(named.c.cio_id).subquery("wanted")
+    # Each of them fetched (and with Lock.SHARE locked) by its own probe of the primary key,
+    # then re-matched against the whole lookup: a locked row is its latest version (READ
+    # COMMITTED re-reads a row a concurrent transaction changed), which may no longer match.
+    # The re-match stays outside the probe: inside, it would shrink the probe's row estimate to
+    # one, and LIMIT 1 would no longer keep the range's estimate out of the costs.
     table = people.alias("person")
-    matches = sa.or_(
-        table.c.cio_id == sa.any_(sa.bindparam("cio_ids", type_=_TEXT_ARRAY)),
-        table.c.id_key == sa.any_(sa.bindparam("id_keys", type_=_TEXT_ARRAY)),
-        table.c.email_key == sa.any_(sa.bindparam("email_keys", type_=_TEXT_ARRAY)),
-    ).is_(sa.true())
     fetch = _probe(
-        table, sa.bindparam("workspace_id"), table.c.cio_id, wanted.c.cio_id, *(table.c[c.name] for c in PERSON_COLUMNS)
-    ).where(matches)
+        table,
+        sa.bindparam("workspace_id"),
+        table.c.cio_id,
+        wanted.c.cio_id,
+        *(table.c[c.name] for c in PERSON_COLUMNS),
+        table.c.id_key,
+        table.c.email_key,
+    )
     if lock != Lock.NONE:
         fetch = fetch.with_for_update()
     fetched = fetch.lateral("fetched")
     found = (
-        sa.select(*fetched.c)
+        sa.select(*(fetched.c[c.name] for c in PERSON_COLUMNS))
         .select_from(wanted)
         .join(fetched, sa.true())
+        .where(
+            sa.or_(
+                fetched.c.cio_id == sa.any_(sa.bindparam("cio_ids", type_=_TEXT_ARRAY)),
+                fetched.c.id_key == sa.any_(sa.bindparam("id_keys", type_=_TEXT_ARRAY)),
+                fetched.c.email_key == sa.any_(sa.bindparam("email_keys", type_=_TEXT_ARRAY)),
+            )
+        )
         .order_by(wanted.c.cio_id)
         .lateral("p")
     )

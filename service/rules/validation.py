@@ -1,4 +1,4 @@
-"""Field validation (R3-R6, R8 shape) and the normalised email key. Pure: values in, violations out."""
+"""Field validation (R3-R6, R8) and the normalised email key. Pure: values in, violations out."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from typing import Mapping
 
 from email_validator import EmailNotValidError, validate_email
 
-from service.domain import JsonValue
-from service.errors import FieldViolation, InvalidArgument
+from service.domain import JsonValue, Settings
+from service.errors import FieldViolation, InvalidArgument, NotFound
 
 ID_MAX_BYTES = 150
 EMAIL_MAX_CHARS = 254
@@ -58,6 +58,16 @@ def check_workspace_id(value: str, field: str = "workspace_id") -> list[FieldVio
             )
         ]
     return []
+
+
+def require_workspace(settings: Settings | None, workspace_id: str) -> Settings:
+    """R8: the request names a workspace that exists (NOT_FOUND otherwise); `settings` is what
+    the database holds for it, if anything."""
+    if settings is None:
+        raise NotFound(
+            "WORKSPACE_NOT_FOUND", f"workspace {workspace_id!r} does not exist", {"workspace_id": workspace_id}
+        )
+    return settings
 
 
 def check_id(value: str, field: str = "id") -> list[FieldViolation]:

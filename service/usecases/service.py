@@ -10,24 +10,16 @@ from typing import Callable
 from service.db.repository import Lock, Repository
 from service.db.unit_of_work import UnitOfWork
 from service.domain import Field, IdentifyInput, IdentifyResult, Person, Ref, Settings
-from service.errors import AlreadyExists, DeadlineExceeded, DomainError, NotFound, Unavailable
+from service.errors import AlreadyExists, DeadlineExceeded, DomainError, Unavailable
 from service.rules import identifiers, identify, modes
 from service.rules.decisions import Decision, Lookup
-from service.rules.validation import check_workspace_id, new_cio_id, raise_if
+from service.rules.validation import check_workspace_id, new_cio_id, raise_if, require_workspace
 
 MODE_CHANGE_STATEMENT_CAP_S = 600.0
 
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
-
-
-def _require(settings: Settings | None, workspace_id: str) -> Settings:
-    if settings is None:  # R8
-        raise NotFound(
-            "WORKSPACE_NOT_FOUND", f"workspace {workspace_id!r} does not exist", {"workspace_id": workspace_id}
-        )
-    return settings
 
 
 Decide = Callable[[Settings, list[Person]], Decision]
@@ -48,7 +40,7 @@ class IdentityService:
 
         async def work(repo: Repository) -> tuple[Settings, Decision]:
             found, people = await repo.load(workspace_id, lookup, Lock.SHARE)
-            settings = _require(found, workspace_id)
+            settings = require_workspace(found, workspace_id)
             decision = decide(settings, people)
             repo.stage(settings, decision)
             return settings, decision
@@ -121,7 +113,7 @@ class IdentityService:
 
         async def work(repo: Repository) -> Person:
             found, people = await repo.load(workspace_id, lookup, Lock.NONE)
-            settings = _require(found, workspace_id)
+            settings = require_workspace(found, workspace_id)
             return modes.presented(settings.mode, identifiers.resolve(settings, people, ref))
 
         return await self.uow.run("GetPerson", work, read_only=True)
@@ -130,7 +122,7 @@ class IdentityService:
         raise_if(check_workspace_id(workspace_id))
 
         async def work(repo: Repository) -> Settings:
-            return _require(await repo.settings(workspace_id), workspace_id)
+            return require_workspace(await repo.settings(workspace_id), workspace_id)
 
         return await self.uow.run("GetSettings", work, read_only=True)
 
@@ -157,7 +149,7 @@ class IdentityService:
         raise_if(check_workspace_id(workspace_id))
 
         async def work(repo: Repository) -> Settings:
-            current = _require(await repo.settings(workspace_id, Lock.UPDATE), workspace_id)
+            current = require_workspace(await repo.settings(workspace_id, Lock.UPDATE), workspace_id)
             requested = patch(current)
             checks = modes.mode_change_checks(current.mode, requested.mode)
             new = modes.decide_settings_change(current, requested, await repo.run_checks(workspace_id, checks))
