@@ -1,8 +1,11 @@
-"""python -m bench: load a workspace, start the server, drive every scenario, compare with the
-pgbench floor, write bench-results/bench-<time>.json and .png.
+"""python -m bench: load a workspace of each shape (ids only, emails only, both: bench/ids.py),
+start the server, drive every scenario, compare the Identify of each shape with its pgbench floor
+(the service's own statements, bench/floor.py), write bench-results/bench-<time>.json and .png.
 
-Environment: DATABASE_URL (else the embedded Postgres in .pgdata), BENCH_PEOPLE (default number
-of people), BENCH_WORKERS (passed to the server as --workers; unset: the server's own default)."""
+Environment: DATABASE_URL (else the embedded Postgres in .pgdata), BENCH_PEOPLE (people per
+workspace; a comma-separated list runs the whole benchmark once per size, e.g.
+BENCH_PEOPLE=10000,1000000), BENCH_WORKERS (passed to the server as --workers; unset: the
+server's own default)."""
 
 from __future__ import annotations
 
@@ -19,18 +22,22 @@ from typing import Any
 
 import psutil
 
-from bench import floor, load, report
-from bench.driver import MERGE_SHARE, SCENARIOS, Drivers, Setup
+from bench import floor, ids, load, report
+from bench.driver import MERGE_SHARE, SCENARIOS, SHAPE_OF, Drivers, Setup
 from bench.server import CpuMeter, PostgresProcesses, RssSampler, ServerProcess
 
-FLOOR_SCENARIO = "identify_existing"
-DEFAULTS = {"people": 100_000, "seconds": 10.0, "concurrency": 32}
+# People per workspace: the benchmark runs once at each size (each shape's workspace holds them).
+DEFAULTS = {"people": "10000,1000000", "seconds": 10.0, "concurrency": 32}
 QUICK = {"people": 2_000, "seconds": 2.0, "concurrency": 8, "processes": 2}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--people", type=int, help="people in the workspace (default: BENCH_PEOPLE or 100000; --quick: 2000)")
+    p.add_argument(
+        "--people",
+        help="people in each shape's workspace; a comma-separated list runs once per size, e.g. 10000,1000000"
+        " (default: BENCH_PEOPLE or 10000,1000000; --quick: 2000)",
+    )
     p.add_argument("--seconds", type=float, help="measured seconds per scenario run (default 10; --quick: 2)")
     p.add_argument("--concurrency", type=int, help="calls in flight, and pgbench clients (default 32; --quick: 8)")
     p.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"comma-separated, of: {', '.join(SCENARIOS)}")
@@ -45,12 +52,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-floor", action="store_true", help="skip pgbench")
     p.add_argument("--pgbench", help="the pgbench binary (default: found; see bench/floor.py)")
     p.add_argument("--server-log-level", default="INFO", help="the server's --log-level (default INFO, as deployed)")
-    p.add_argument("--keep-workspace", action="store_true", help="leave the benchmark's workspace in the database")
+    p.add_argument("--keep-workspace", action="store_true", help="leave the benchmark's workspaces in the database")
     args = p.parse_args(argv)
 
     base = QUICK if args.quick else DEFAULTS
     if args.people is None:
-        args.people = base["people"] if args.quick else int(os.environ.get("BENCH_PEOPLE", base["people"]))
+        args.people = str(base["people"]) if args.quick else os.environ.get("BENCH_PEOPLE", base["people"])
+    try:
+        args.sizes = [int(n.replace("_", "")) for n in str(args.people).split(",") if n.strip()]
+    except ValueError:
+        p.error(f"--people / BENCH_PEOPLE must be numbers, comma-separated: {args.people!r}")
+    args.people = args.sizes[0] if args.sizes else 0
     args.seconds = base["seconds"] if args.seconds is None else args.seconds
     args.concurrency = base["concurrency"] if args.concurrency is None else args.concurrency
     if args.warmup is None:
@@ -67,7 +79,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = [s for s in args.scenarios if s not in SCENARIOS]
     if unknown:
         p.error(f"unknown scenario(s) {', '.join(unknown)}; known: {', '.join(SCENARIOS)}")
-    if args.people < 1 or args.seconds <= 0 or args.concurrency < 1:
+    if not args.sizes or min(args.sizes) < 1 or args.seconds <= 0 or args.concurrency < 1:
         p.error("--people, --seconds and --concurrency must be positive")
     return args
 
@@ -143,7 +155,7 @@ class Bench:
         self.progress = Progress()
         self.out = Path(args.out)
         self.out.mkdir(parents=True, exist_ok=True)
-        self.stamp = time.strftime("%Y%m%d-%H%M%S")
+        self.stamp = time.strftime("%Y%m%d-%H%M%S") + (f"-{args.people}" if len(args.sizes) > 1 else "")
         self.next_pair = 1
         self.results: dict[str, Any] = {"started_at": time.strftime("%Y-%m-%d %H:%M:%S"), "scenarios": {}}
 
@@ -154,19 +166,12 @@ class Bench:
 
     def run(self) -> int:
         args = self.args
-        url = args.database_url
-        kind = "given"
-        if not url:
-            from service.runtime import embedded
-
-            self.say("database: the embedded Postgres (.pgdata)")
-            url = embedded.start()
-            kind = "embedded"
-        url = load.libpq_url(url)
+        url, kind = args.database_url, args.database_kind
         self.url = url
         facts = load.database_facts(url)
         self.postgres = PostgresProcesses(url, facts["postmaster_pid"])
-        self.workspace = load.new_workspace_id()
+        self.workspaces = {shape: load.new_workspace_id(shape) for shape in ids.SHAPES}
+        self.workspace = self.workspaces[load.MERGE_SHAPE]
         self.results["config"] = {
             "people": args.people,
             "seconds": args.seconds,
@@ -181,6 +186,7 @@ class Bench:
             "database_url": _redact(url),
             "postgres_version": facts["server_version"],
             "workspace": self.workspace,
+            "workspaces": {shape: {"id": ws, "mode": load.mode(shape).value} for shape, ws in self.workspaces.items()},
             "cores": os.cpu_count(),
             "python": platform.python_version(),
             "bench_workers_env": os.environ.get("BENCH_WORKERS"),
@@ -188,14 +194,21 @@ class Bench:
         server = drivers = sampler = None
         loaded = False
         try:
-            self.say(f"workspace {self.workspace}: loading {args.people:,} people with COPY")
-            loaded = True  # from here on, the workspace is deleted at the end whatever happens
-            load.prepare(url, self.workspace)
-            took = load.load_people(
-                url, self.workspace, args.people, lambda n: self.progress.update(f"  loaded {n:,} people")
-            )
-            self.results["load"] = {"people": args.people, "seconds": round(took, 2), "rows_per_s": round(args.people / took)}
-            self.say(f"  loaded in {took:.1f}s ({args.people / took:,.0f} rows/s)")
+            loaded = True  # from here on, the workspaces are deleted at the end whatever happens
+            load.prepare(url, self.workspaces)
+            self.results["load"] = {"people": args.people}
+            for shape, workspace_id in self.workspaces.items():
+                mode = load.mode(shape).value
+                self.say(f"workspace {workspace_id} ({mode}): loading {args.people:,} people with COPY")
+                took = load.load_people(
+                    url, workspace_id, shape, args.people,
+                    lambda n: self.progress.update(f"  loaded {n:,} people"),
+                )  # fmt: skip
+                self.results["load"][shape] = {"seconds": round(took, 2), "rows_per_s": round(args.people / took)}
+                self.say(f"  loaded in {took:.1f}s ({args.people / took:,.0f} rows/s)")
+            took = load.analyze(url)
+            self.results["load"]["analyze_seconds"] = round(took, 2)
+            self.say(f"  VACUUM (ANALYZE) in {took:.1f}s")
 
             server = ServerProcess(
                 url,
@@ -221,6 +234,7 @@ class Bench:
             setup = Setup(
                 target=server.address,
                 workspace_id=self.workspace,
+                workspaces=self.workspaces,
                 people=args.people,
                 tag=secrets.token_hex(3),
                 deadline=args.deadline,
@@ -256,9 +270,9 @@ class Bench:
             self.postgres.close()
             if loaded and not args.keep_workspace:
                 try:
-                    load.drop_workspace(url, self.workspace)
+                    load.drop_workspaces(url, list(self.workspaces.values()))
                 except Exception as error:  # noqa: BLE001 - report, do not hide the first error
-                    print(f"could not delete workspace {self.workspace}: {error}", file=sys.stderr)
+                    print(f"could not delete workspaces {list(self.workspaces.values())}: {error}", file=sys.stderr)
 
         json_path = self.out / f"bench-{self.stamp}.json"
         png_path = self.out / f"bench-{self.stamp}.png"
@@ -285,8 +299,8 @@ class Bench:
             f"p95 {lat.get('p95', 0):.2f} ms, p99 {lat.get('p99', 0):.2f} ms, errors {peak['errors'] or 0}"
             + (f", outcomes {peak['outcomes']}" if peak.get("outcomes") else "")
         )
-        if name == FLOOR_SCENARIO and not args.no_floor:
-            self.floor(peak)
+        if name in SHAPE_OF and not args.no_floor:
+            self.floor(name, peak)
         if not args.no_half_peak and peak["ok_per_s"] > 0:
             half = self.measure(drivers, label, name, rate=peak["ok_per_s"] / 2)
             entry["half_peak"] = half
@@ -360,66 +374,104 @@ class Bench:
             self.say(f"{label}: warning: {result['pairs_exhausted']} task(s) ran out of merge pairs")
         return result
 
-    def floor(self, service: dict[str, Any]) -> None:
+    def floor(self, scenario: str, service: dict[str, Any]) -> None:
+        """pgbench running the service's own transaction of `scenario` (an Identify of an
+        existing person in the workspace of one shape), at the same concurrency."""
         args = self.args
+        shape = SHAPE_OF[scenario]
+        floors = self.results.setdefault("floors", {})
         version = re.match(r"(\d+)", str(self.results["config"]["postgres_version"]))
         embedded_major = int(version.group(1)) if version and self.results["config"]["database"] == "embedded" else None
         found = floor.find_pgbench(embedded_major, args.pgbench)
         if found is None:
-            self.results["floor"] = {"scenario": FLOOR_SCENARIO, "skipped": "no pgbench found"}
+            floors[scenario] = {"scenario": scenario, "shape": shape, "skipped": "no pgbench found"}
             self.say("floor: skipped, no pgbench found")
             return
         path, version_text = found
+        entry: dict[str, Any] = {
+            "scenario": scenario,
+            "shape": shape,
+            "pgbench_path": path,
+            "pgbench_version": version_text,
+            "service_calls_per_s": service["calls_per_s"],
+            "service_latency_ms": service.get("latency_ms", {}),
+        }
+        # As fast as pgbench goes, at the service's concurrency: the floor of the calls' rate.
+        result, cpu = self._pgbench(path, shape, "", clients=args.concurrency)
+        entry["pgbench"] = result
+        entry["script"] = result["script"]
+        if result.get("tps") and result["returncode"] == 0:
+            entry["ratio"] = round(service["calls_per_s"] / result["tps"], 4)
+            entry.update(cpu)
+            entry["service_backends_cpu_ms_per_call"] = service.get("postgres_backends_cpu_ms_per_call")
+            entry["service_postgres_all_cpu_ms_per_call"] = service.get("postgres_all_cpu_ms_per_call")
+            self.say(
+                f"floor ({shape}): service {service['calls_per_s']:.1f} calls/s / pgbench {result['tps']:.1f} tps "
+                f"= {entry['ratio']:.3f}  (pgbench p99 {result.get('latency_ms', {}).get('p99', 0):.2f} ms)"
+            )
+            # At the service's rate over as many connections as the service holds: each backend
+            # as idle between transactions as the service's, so that Postgres CPU per call
+            # compares like with like (a backend woken up for each transaction costs more).
+            connections = len(self.postgres.of("identity-service")) or args.concurrency
+            if service.get("calls_per_s"):
+                paced, paced_cpu = self._pgbench(
+                    path, shape, "-paced", clients=connections, rate=service["calls_per_s"]
+                )
+                entry["paced"] = {"clients": connections, "rate": service["calls_per_s"], "pgbench": paced, **paced_cpu}
+                if "pgbench_backends_cpu_ms_per_tx" in paced_cpu:
+                    self.say(
+                        f"floor ({shape}) paced at {service['calls_per_s']:.0f}/s over {connections} connections: "
+                        f"Postgres backends {paced_cpu['pgbench_backends_cpu_ms_per_tx']:.3f} ms per transaction"
+                    )
+        else:
+            self.say(f"floor ({shape}): pgbench failed: {result.get('error', '')[-500:]}")
+        floors[scenario] = entry
+
+    def _pgbench(
+        self, path: str, shape: str, suffix: str, *, clients: int, rate: float | None = None
+    ) -> tuple[dict[str, Any], dict[str, float]]:
+        """One pgbench run of a shape's floor; its result, and Postgres CPU per transaction."""
+        args = self.args
         load.settle(self.url)
-        self.progress.update(f"floor: pgbench -c {args.concurrency} -T {args.seconds:g} -M prepared ({version_text})")
+        self.progress.update(
+            f"floor ({shape}{suffix}): pgbench -c {clients} -T {args.seconds:g} -M prepared"
+            + (f" -R {rate:.0f}" if rate else "")
+        )
         meters = {}
         if self.postgres.local:
             meters = {"backends": CpuMeter(lambda: self.postgres.of("pgbench")), "all": CpuMeter(self.postgres.all)}
         for meter in meters.values():
             meter.start()
         started = time.monotonic()
+        script = self.out / f"bench-{self.stamp}-floor-{shape}{suffix}.sql"
+        workdir = self.out / f"bench-{self.stamp}-tmp"
         result = floor.run(
             path,
             self.url,
-            workspace_id=self.workspace,
+            shape=shape,
+            workspace_id=self.workspaces[shape],
             people=args.people,
-            concurrency=args.concurrency,
+            concurrency=clients,
             seconds=args.seconds,
             deadline=args.deadline,
-            script=self.out / f"bench-{self.stamp}-floor.sql",
-            workdir=self.out / f"bench-{self.stamp}-tmp",
+            script=script,
+            workdir=workdir,
+            rate=rate,
         )
-        cpu = {name: meter.stop() for name, meter in meters.items()}
+        used = {name: meter.stop() for name, meter in meters.items()}
         elapsed = time.monotonic() - started
         try:
-            (self.out / f"bench-{self.stamp}-tmp").rmdir()
+            workdir.rmdir()
         except OSError:
             pass
-        entry: dict[str, Any] = {
-            "scenario": FLOOR_SCENARIO,
-            "pgbench": result,
-            "pgbench_path": path,
-            "pgbench_version": version_text,
-            "script": str(self.out / f"bench-{self.stamp}-floor.sql"),
-            "service_calls_per_s": service["calls_per_s"],
-            "service_latency_ms": service.get("latency_ms", {}),
-        }
-        if result.get("tps") and result["returncode"] == 0:
-            entry["ratio"] = round(service["calls_per_s"] / result["tps"], 4)
-            if cpu and result.get("transactions"):
-                tx = result["transactions"]
-                entry["pgbench_backends_cpu_ms_per_tx"] = round(cpu["backends"] / tx * 1000, 3)
-                entry["postgres_all_cpu_ms_per_tx"] = round(cpu["all"] / tx * 1000, 3)
-                entry["postgres_all_cores"] = round(cpu["all"] / elapsed, 3)
-                entry["service_backends_cpu_ms_per_call"] = service.get("postgres_backends_cpu_ms_per_call")
-                entry["service_postgres_all_cpu_ms_per_call"] = service.get("postgres_all_cpu_ms_per_call")
-            self.say(
-                f"floor: service {service['calls_per_s']:.1f} calls/s / pgbench {result['tps']:.1f} tps "
-                f"= {entry['ratio']:.3f}  (pgbench p99 {result.get('latency_ms', {}).get('p99', 0):.2f} ms)"
-            )
-        else:
-            self.say(f"floor: pgbench failed: {result.get('error', '')[-500:]}")
-        self.results["floor"] = entry
+        result["script"] = str(script)
+        cpu: dict[str, float] = {}
+        if used and result.get("transactions"):
+            tx = result["transactions"]
+            cpu["pgbench_backends_cpu_ms_per_tx"] = round(used["backends"] / tx * 1000, 3)
+            cpu["postgres_all_cpu_ms_per_tx"] = round(used["all"] / tx * 1000, 3)
+            cpu["postgres_all_cores"] = round(used["all"] / elapsed, 3)
+        return result, cpu
 
 
 def _redact(url: str) -> str:
@@ -427,10 +479,10 @@ def _redact(url: str) -> str:
 
 
 def _calls_per_process(server: ServerProcess, sampler: RssSampler | None) -> dict[str, int]:
-    """Calls each server process logged (INFO lines 'method=...'): how SO_REUSEPORT spread them."""
+    """Calls each server process logged (its INFO line per call): how SO_REUSEPORT spread them."""
     counts: dict[str, int] = {}
     roles = {pid: e["role"] for pid, e in (sampler.per_pid.items() if sampler else [])}
-    pattern = re.compile(r"^\S+ \S+ \S+ (\d+) identity\.calls method=")
+    pattern = re.compile(r"^\S+ \S+ \S+ (\d+) identity\.calls (?:method=|\{)")
     try:
         with open(server.log_path, errors="replace") as f:
             for line in f:
@@ -443,10 +495,33 @@ def _calls_per_process(server: ServerProcess, sampler: RssSampler | None) -> dic
     return counts
 
 
+def _database(args: argparse.Namespace) -> None:
+    """The database to run against: the one given, else the embedded Postgres (started once)."""
+    args.database_kind = "given"
+    if not args.database_url:
+        from service.runtime import embedded
+
+        print("database: the embedded Postgres (.pgdata)", file=sys.stderr)
+        args.database_url = embedded.start()
+        args.database_kind = "embedded"
+    args.database_url = load.libpq_url(args.database_url)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        return Bench(args).run()
+        _database(args)
+        runs = []
+        for people in args.sizes:
+            args.people = people
+            bench = Bench(args)
+            code = bench.run()
+            if code:
+                return code
+            runs.append(bench.results)
+        if len(runs) > 1:
+            print("\n" + report.by_size(runs))
+        return 0
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130

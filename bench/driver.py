@@ -30,7 +30,11 @@ from typing import Any, Callable
 from bench import ids
 
 SCENARIOS: dict[str, str] = {
-    "identify_existing": "Identify of an existing person by id: an attribute update",
+    "identify_existing": "Identify of an existing person by id: an attribute update (EMAIL_OR_ID, people with both)",
+    "identify_ids_only": "Identify of an existing person by id in an ID_ONLY workspace (people with ids only)",
+    "identify_emails_only": (
+        "Identify of an existing person by email in an EMAIL_ONLY workspace (people with emails only)"
+    ),
     "identify_new": "Identify of a new person (id and email)",
     "identify_merge": "Identify(id=A.id, email=B.email) merging A (only an id) and B (only an email), R13",
     "update_email": "UpdateIdentifier of an email, by cio_id, to a fresh unique email",
@@ -44,6 +48,8 @@ MIX: tuple[tuple[str, float], ...] = (
     ("update_email", 0.05),
     ("identify_merge", 0.02),
 )
+# The scenarios that identify existing people, each in the workspace of one shape (bench.ids).
+SHAPE_OF = {"identify_existing": "both", "identify_ids_only": "ids", "identify_emails_only": "emails"}
 # The share of a scenario's calls that consume a merge pair.
 MERGE_SHARE = {"identify_merge": 1.0, "mix": dict(MIX)["identify_merge"]}
 _MIX_KINDS = [k for k, _ in MIX]
@@ -53,7 +59,8 @@ _MIX_WEIGHTS = [w for _, w in MIX]
 @dataclass(frozen=True)
 class Setup:
     target: str
-    workspace_id: str
+    workspace_id: str  # the "both" workspace: the scenarios other than the shapes' own
+    workspaces: dict[str, str]  # shape -> workspace id
     people: int
     tag: str  # makes this run's fresh ids and emails unique
     deadline: float
@@ -135,8 +142,13 @@ class _Generator:
         from identity.v1 import identity_pb2 as pb
 
         ws = self.setup.workspace_id
-        if kind == "identify_existing":
-            request = pb.IdentifyRequest(workspace_id=ws, id=ids.person_id(self._person()))
+        if kind in SHAPE_OF:
+            shape = SHAPE_OF[kind]
+            k = self._person()
+            if shape == "emails":
+                request = pb.IdentifyRequest(workspace_id=self.setup.workspaces[shape], email=ids.person_email(k))
+            else:
+                request = pb.IdentifyRequest(workspace_id=self.setup.workspaces[shape], id=ids.person_id(k))
             request.attributes.update({"visits": self.rng.randint(1, 1_000_000_000), "plan": "pro"})
             return stub.Identify, request, kind
         if kind == "identify_new":

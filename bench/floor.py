@@ -1,25 +1,32 @@
-"""The floor: the SQL transaction the service runs for an Identify of an existing person, driven by
-pgbench on the same data at the same concurrency. What the service adds on top of it (gRPC,
-Python, SQLAlchemy, the rules) is the gap between the two.
+r"""The floor: the SQL transaction the service runs for an Identify of an existing person, driven by
+pgbench on the same data at the same concurrency, one per shape of workspace (bench.ids.SHAPES).
+What the service adds on top of it (gRPC, Python, the pool, the rules) is the gap between the
+two.
 
-The statements are the service's own, as Postgres logs them (log_statement=all):
+The statements are not written here: they are the service's own compiled statements
+(service.db.statements.HOT_STATEMENTS), the load with its gate and locks, then the UPDATE that
+writes the whole row back, with each %(name)s parameter bound to a pgbench variable (a parameter
+of the prepared statement, as psycopg binds it) or, where pgbench has no variable for the value,
+to the SQL expression that makes it:
 
     BEGIN
-    SELECT set_config('statement_timeout', $1, true), set_config('lock_timeout', $1, true)
-        -- only when the call's deadline is nearer than the session's 5 s cap
-        -- (service.db.transaction)
-    WITH ws AS (SELECT workspaces.... FROM workspaces WHERE workspace_id = $1 FOR SHARE)
-    SELECT ws...., p.... FROM ws LEFT OUTER JOIN LATERAL (SELECT people.cio_id, ... FROM people
-        WHERE people.workspace_id = $1 AND (cio_id = ANY ($2) OR id_key = ANY ($3)
-        OR email_key = ANY ($4)) ORDER BY people.cio_id FOR UPDATE) AS p ON true
-    UPDATE people SET id=..., email=..., email_norm=..., id_key=..., email_key=..., attributes=...,
-        updated_at=... WHERE people.workspace_id = $8::VARCHAR AND people.cio_id = $9::VARCHAR
+    set_timeouts       -- only when the call's deadline is nearer than the session's 5 s cap
+    load_share  \gset p_
+    update_person      -- with COMMIT, in a pipeline, as the unit of work sends them
     COMMIT
 
-pgbench cannot hold a string array in a variable, so the id array is built in SQL (ARRAY['user-'
-|| k]); the row's values come back with \\gset and go into the UPDATE, as the service writes the
-whole row back. Prepared statements (-M prepared), as psycopg prepares a statement after it has
-run 5 times on a connection.
+- the lookup's text arrays: the empty ones are the variable `:empty` ('{}'); the one value is
+  built from the person's number, `('{' || ('user-' || :k::text) || '}')`, which the
+  statement's own `::TEXT[]` cast turns into the array (a variable holds a number or a fixed
+  string, and a statement per transaction to build the string would cost a round trip);
+- the row written back: the values the load returned (\gset), NULL where the shape's people have
+  no such field, the keys as service.db.keys computes them for the shape's mode, and the
+  attributes merged in SQL (the service merges them in Python).
+
+The session is the service's (service.db.engine.connection_options, through PGOPTIONS: the same
+timeouts and plan_cache_mode=force_generic_plan), with prepared statements (-M prepared).
+pgbench cannot \gset inside a pipeline, so BEGIN and the load take two round trips where the
+service takes one; the write and COMMIT take one, as in the service.
 """
 
 from __future__ import annotations
@@ -35,15 +42,71 @@ from typing import Any
 
 import numpy as np
 
-SCRIPT = r"""-- The transaction of an Identify of an existing person (see bench/floor.py).
-\set k random(1, :people)
-\set visits random(1, 1000000000)
-BEGIN;
-{set_config}WITH ws AS (SELECT workspaces.workspace_id AS workspace_id, workspaces.identifier_mode AS identifier_mode, workspaces.email_updatable_by_id AS email_updatable_by_id, workspaces.sole_identifier_updatable AS sole_identifier_updatable, workspaces.auto_merge AS auto_merge FROM workspaces WHERE workspaces.workspace_id = :ws::VARCHAR FOR SHARE) SELECT ws.workspace_id, ws.identifier_mode, ws.email_updatable_by_id, ws.sole_identifier_updatable, ws.auto_merge, p.cio_id, p.id, p.email, p.attributes, p.created_at, p.updated_at FROM ws LEFT OUTER JOIN LATERAL (SELECT people.cio_id AS cio_id, people.id AS id, people.email AS email, people.attributes AS attributes, people.created_at AS created_at, people.updated_at AS updated_at FROM people WHERE people.workspace_id = :ws::VARCHAR AND (people.cio_id = ANY ('{{}}'::TEXT[]) OR people.id_key = ANY (ARRAY['user-' || :k::text]::TEXT[]) OR people.email_key = ANY ('{{}}'::TEXT[])) ORDER BY people.cio_id FOR UPDATE) AS p ON true \gset p_
-UPDATE people SET id=:p_id::VARCHAR, email=:p_email::VARCHAR, email_norm=:p_email::VARCHAR, id_key=:p_id::VARCHAR, email_key=:p_email::VARCHAR, attributes=(:p_attributes::JSONB || jsonb_build_object('visits', :visits::bigint, 'plan', 'pro')), updated_at=now() WHERE people.workspace_id = :ws::VARCHAR AND people.cio_id = :p_cio_id::VARCHAR;
-COMMIT;
-"""
-SET_CONFIG = "SELECT set_config('statement_timeout', :timeout_ms, true), set_config('lock_timeout', :timeout_ms, true);\n"
+from bench import ids
+
+EMPTY = ":empty"
+
+
+def bind(statement: str, values: dict[str, str]) -> str:
+    """`statement` with each %(name)s parameter replaced by values[name] (a pgbench variable or
+    an SQL expression). Every parameter must be bound."""
+    missing = sorted(set(re.findall(r"%\((\w+)\)s", statement)) - set(values))
+    if missing:
+        raise ValueError(f"parameters without a value: {', '.join(missing)}")
+    return re.sub(r"%\((\w+)\)s", lambda m: values[m.group(1)], statement)
+
+
+def _as_array(value_sql: str) -> str:
+    """A one-element text array literal built from an SQL text expression."""
+    return f"('{{' || {value_sql} || '}}')"
+
+
+def script(shape: str, with_timeouts: bool) -> str:
+    """The pgbench script of an Identify of an existing person in the workspace of `shape`:
+    by id, or by email where the people have no id (the bench's scenarios)."""
+    from service.db.statements import HOT_STATEMENTS
+
+    mode, with_id, with_email = ids.SHAPES[shape]
+    id_sql, email_sql = "('user-' || :k::text)", f"('user-' || :k::text || '@{ids.EMAIL_DOMAIN}')"
+    by_email = not with_id
+    load = bind(
+        HOT_STATEMENTS["load_share"],
+        {
+            "workspace_id": ":ws",
+            "cio_ids": EMPTY,
+            "id_keys": EMPTY if by_email else _as_array(id_sql),
+            "email_keys": _as_array(email_sql) if by_email else EMPTY,
+        },
+    )
+    id_identifies, email_identifies = mode != "EMAIL_ONLY", mode != "ID_ONLY"
+    update = bind(
+        HOT_STATEMENTS["update_person"],
+        {
+            "id": ":p_id" if with_id else "NULL",
+            "email": ":p_email" if with_email else "NULL",
+            # The bench's emails are lower-case ASCII: their normalised form is themselves.
+            "email_norm": ":p_email" if with_email else "NULL",
+            "id_key": ":p_id" if with_id and id_identifies else "NULL",
+            "email_key": ":p_email" if with_email and email_identifies else "NULL",
+            "attributes": "(:p_attributes::jsonb || jsonb_build_object('visits', :visits::bigint, 'plan', 'pro'))",
+            "updated_at": "now()",
+            "key_workspace_id": ":ws",
+            "key_cio_id": ":p_cio_id",
+        },
+    )
+    timeouts = bind(HOT_STATEMENTS["set_timeouts"], {"ms": ":timeout_ms"}) + ";\n" if with_timeouts else ""
+    return (
+        f"-- An Identify of an existing person, {shape} workspace ({mode}); generated by bench/floor.py\n"
+        "\\set k random(1, :people)\n"
+        "\\set visits random(1, 1000000000)\n"
+        "BEGIN;\n"
+        f"{timeouts}"
+        f"{load} \\gset p_\n"
+        "\\startpipeline\n"
+        f"{update};\n"
+        "COMMIT;\n"
+        "\\endpipeline\n"
+    )
 
 
 def _version(binary: str) -> tuple[int, str] | None:
@@ -89,19 +152,19 @@ def find_pgbench(embedded_major: int | None = None, override: str | None = None)
     return None
 
 
-def write_script(path: Path, deadline: float | None) -> None:
+def write_script(path: Path, shape: str, deadline: float | None) -> None:
     """With a deadline nearer than the session's cap the service sets the transaction's timeouts
     first: so does the floor."""
-    from service.db.transaction import SESSION_STATEMENT_TIMEOUT_S
+    from service.db.unit_of_work import SESSION_STATEMENT_TIMEOUT_S
 
-    with_timeouts = deadline is not None and deadline < SESSION_STATEMENT_TIMEOUT_S
-    path.write_text(SCRIPT.format(set_config=SET_CONFIG if with_timeouts else ""))
+    path.write_text(script(shape, deadline is not None and deadline < SESSION_STATEMENT_TIMEOUT_S))
 
 
 def run(
     pgbench: str,
     database_url: str,
     *,
+    shape: str,
     workspace_id: str,
     people: int,
     concurrency: int,
@@ -109,8 +172,13 @@ def run(
     deadline: float | None,
     script: Path,
     workdir: Path,
+    rate: float | None = None,
 ) -> dict[str, Any]:
-    write_script(script, deadline)
+    """pgbench with `concurrency` clients for `seconds`: as fast as it can, or at `rate`
+    transactions per second in all (-R)."""
+    from service.db.engine import connection_options
+
+    write_script(script, shape, deadline)
     logs = workdir / "pgbench-log"
     logs.mkdir(parents=True, exist_ok=True)
     jobs = max(1, min(concurrency, os.cpu_count() or 1))
@@ -119,13 +187,16 @@ def run(
         "-c", str(concurrency), "-j", str(jobs), "-T", str(max(1, round(seconds))),
         "-f", str(script),
         "-D", f"ws={workspace_id}", "-D", f"people={people}",
-        "-D", f"timeout_ms={int((deadline or 30) * 1000)}",
+        "-D", f"timeout_ms={int((deadline or 30) * 1000)}", "-D", "empty={}",
         "-l", "--log-prefix", str(logs / "floor"),
+        *(["-R", f"{rate:.1f}"] if rate else []),
         database_url,
     ]  # fmt: skip
+    # The service's session settings (timeouts, plan_cache_mode=force_generic_plan).
+    env = {**os.environ, "PGOPTIONS": str(connection_options()["options"])}
     start = time.perf_counter()
     usage_before = os.times()
-    done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 120)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 120, env=env)
     usage_after = os.times()
     wall = time.perf_counter() - start
     out = done.stdout + done.stderr

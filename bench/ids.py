@@ -1,8 +1,13 @@
 """Who the benchmark's people are. Everything is derived from a number, so the loader, the load
 generator processes and pgbench agree without shipping lists between them.
 
-- person k (1..N): id `user-k`, email `user-k@example.com`, both identifiers.
-- merge pair j: person A with only the id `ma-j`, person B with only the email `mb-j@example.com`;
+The benchmark loads one workspace of each shape (SHAPES), each with N people:
+
+- "ids": an ID_ONLY workspace; person k has the id `user-k` and no email (the shape of every
+  ID_ONLY workspace);
+- "emails": an EMAIL_ONLY workspace; person k has the email `user-k@example.com` and no id;
+- "both": an EMAIL_OR_ID workspace; person k has both. It also holds the merge pairs: pair j is
+  person A with only the id `ma-j` and person B with only the email `mb-j@example.com`;
   Identify(id=ma-j, email=mb-j@...) merges them (R13).
 """
 
@@ -14,6 +19,12 @@ import hashlib
 CIO_ID_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
 CIO_ID_LENGTH = 20
 EMAIL_DOMAIN = "example.com"
+# shape -> (identifier mode, its people have ids, its people have emails)
+SHAPES: dict[str, tuple[str, bool, bool]] = {
+    "ids": ("ID_ONLY", True, False),
+    "emails": ("EMAIL_ONLY", False, True),
+    "both": ("EMAIL_OR_ID", True, True),
+}
 
 
 def cio_id(workspace_id: str, kind: str, n: int) -> str:

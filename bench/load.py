@@ -1,6 +1,7 @@
-"""The benchmark's data: a workspace of its own, N people and merge pairs, written in bulk with
-COPY (never call by call). The keys are computed by the service's own rules (modes.keys_for), so
-the rows are exactly what the service would have stored."""
+"""The benchmark's data: a workspace of its own per shape (bench.ids.SHAPES: ids only, emails
+only, both), N people in each, and merge pairs in the "both" one, written in bulk with COPY (never
+call by call). The keys are computed by the service's own function (service.db.keys.keys_for),
+so the rows are exactly what the service would have stored."""
 
 from __future__ import annotations
 
@@ -16,12 +17,11 @@ import psycopg.errors
 
 from bench import ids
 from service.db.engine import create_engine, migrate
-from service.domain import Mode, Person, Settings
 from service.db.keys import keys_for
+from service.domain import Mode, Person, Settings
 from service.rules.validation import check_cio_id
-from service.usecases import IdentityService
 
-MODE = Mode.EMAIL_OR_ID  # both id and email identify: what R13's merges need
+MERGE_SHAPE = "both"  # both id and email identify: what R13's merges need
 _COLUMNS = (
     "workspace_id, cio_id, id, email, email_norm, id_key, email_key, attributes, created_at, updated_at"
 )
@@ -37,24 +37,38 @@ def libpq_url(url: str) -> str:
     return url
 
 
-def new_workspace_id() -> str:
-    """'bench-<random>': never one of the tests' ('t-...') nor a real one."""
-    return "bench-" + secrets.token_hex(5)
+def new_workspace_id(shape: str = MERGE_SHAPE) -> str:
+    """'bench-<shape>-<random>': never one of the tests' ('t-...') nor a real one."""
+    return f"bench-{shape}-" + secrets.token_hex(4)
 
 
-def prepare(url: str, workspace_id: str) -> None:
-    """Applies the migrations (the database may be brand new) and creates the workspace with the
-    default settings (EMAIL_OR_ID, auto merge on)."""
-    engine = create_engine(url, pool_size=1, application_name="identity-bench")
+def mode(shape: str) -> Mode:
+    return Mode(ids.SHAPES[shape][0])
+
+
+def prepare(url: str, workspaces: dict[str, str]) -> None:
+    """Applies the migrations (the database may be brand new) and creates each shape's workspace
+    (shape -> workspace id) with the spec's default settings in the shape's mode."""
+    engine = create_engine(url)
     try:
         migrate(engine)
-        IdentityService(engine).create_workspace(Settings(workspace_id, MODE))
     finally:
         engine.dispose()
+    now = datetime.now(timezone.utc)
+    with psycopg.connect(libpq_url(url), autocommit=True) as conn:
+        for shape, workspace_id in workspaces.items():
+            s = Settings(workspace_id, mode(shape))
+            conn.execute(
+                "INSERT INTO workspaces (workspace_id, identifier_mode, email_updatable_by_id,"
+                " sole_identifier_updatable, auto_merge, created_at, updated_at)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                (workspace_id, s.mode.value, s.email_updatable_by_id, s.sole_identifier_updatable, s.auto_merge,
+                 now, now),
+            )  # fmt: skip
 
 
-def _row(workspace_id: str, person: Person) -> tuple:
-    keys = keys_for(MODE, person)
+def _row(workspace_id: str, shape: str, person: Person) -> tuple:
+    keys = keys_for(mode(shape), person)
     return (
         workspace_id,
         person.cio_id,
@@ -69,14 +83,20 @@ def _row(workspace_id: str, person: Person) -> tuple:
     )
 
 
-def _people_rows(workspace_id: str, first: int, last: int, base: datetime) -> Iterator[tuple]:
+def _people_rows(workspace_id: str, shape: str, first: int, last: int, base: datetime) -> Iterator[tuple]:
+    _, with_id, with_email = ids.SHAPES[shape]
     for k in range(first, last + 1):
         created = base + timedelta(milliseconds=k)
         attributes = {"plan": _PLANS[k % 3], "visits": k % 97, "city": _CITIES[k % len(_CITIES)]}
         person = Person(
-            ids.person_cio_id(workspace_id, k), ids.person_id(k), ids.person_email(k), attributes, created, created
+            ids.person_cio_id(workspace_id, k),
+            ids.person_id(k) if with_id else None,
+            ids.person_email(k) if with_email else None,
+            attributes,
+            created,
+            created,
         )
-        yield _row(workspace_id, person)
+        yield _row(workspace_id, shape, person)
 
 
 def _pair_rows(workspace_id: str, first: int, count: int, base: datetime) -> Iterator[tuple]:
@@ -87,8 +107,8 @@ def _pair_rows(workspace_id: str, first: int, count: int, base: datetime) -> Ite
         a = Person(cio_a, ids.pair_a_id(j), None, {"plan": "free"}, created, created)
         later = created + timedelta(seconds=1)
         b = Person(cio_b, None, ids.pair_b_email(j), {"city": _CITIES[j % len(_CITIES)]}, later, later)
-        yield _row(workspace_id, a)
-        yield _row(workspace_id, b)
+        yield _row(workspace_id, MERGE_SHAPE, a)
+        yield _row(workspace_id, MERGE_SHAPE, b)
 
 
 def _copy(url: str, rows: Iterator[tuple], progress: Callable[[int], None] | None = None) -> int:
@@ -104,14 +124,22 @@ def _copy(url: str, rows: Iterator[tuple], progress: Callable[[int], None] | Non
     return n
 
 
-def load_people(url: str, workspace_id: str, people: int, progress: Callable[[int], None] | None = None) -> float:
-    """People 1..`people`, in one COPY; returns the seconds it took (COPY and ANALYZE)."""
+def load_people(
+    url: str, workspace_id: str, shape: str, people: int, progress: Callable[[int], None] | None = None
+) -> float:
+    """People 1..`people` of a shape's workspace, in one COPY; returns the seconds it took."""
     assert not check_cio_id(ids.person_cio_id(workspace_id, 1)), "bench cio_ids must have the service's shape"
     start = time.perf_counter()
     base = datetime.now(timezone.utc) - timedelta(days=30)
-    _copy(url, _people_rows(workspace_id, 1, people, base), progress)
+    _copy(url, _people_rows(workspace_id, shape, 1, people, base), progress)
+    return time.perf_counter() - start
+
+
+def analyze(url: str) -> float:
+    """Statistics and visibility, as an aged table has; returns the seconds it took."""
+    start = time.perf_counter()
     with psycopg.connect(libpq_url(url), autocommit=True) as conn:
-        conn.execute("VACUUM (ANALYZE) people")  # statistics and visibility, as an aged table has
+        conn.execute("VACUUM (ANALYZE) workspaces, people")
     return time.perf_counter() - start
 
 
@@ -135,10 +163,10 @@ def settle(url: str) -> None:
     os.sync()
 
 
-def drop_workspace(url: str, workspace_id: str) -> None:
-    """Deletes the workspace and, by the foreign key's cascade, its people."""
+def drop_workspaces(url: str, workspace_ids: list[str]) -> None:
+    """Deletes the workspaces and, by the foreign key's cascade, their people."""
     with psycopg.connect(libpq_url(url), autocommit=True) as conn:
-        conn.execute("DELETE FROM workspaces WHERE workspace_id = %s", (workspace_id,))
+        conn.execute("DELETE FROM workspaces WHERE workspace_id = ANY(%s)", (workspace_ids,))
 
 
 def database_facts(url: str) -> dict[str, object]:

@@ -42,8 +42,9 @@ statistics:
    load locked FOR UPDATE in the same transaction, so the ctid cannot change in between. The
    UPDATE also keeps its key conditions (a check of the one row); the DELETE cannot: a TID scan
    of an array of unknown length is costed as ten rows, and the workspace's prefix would win
-   again. The only other plan left is a sequential scan, chosen for tables of at most a few
-   hundred (UPDATE) or about a thousand (DELETE) people.
+   again. The only other plan left is a sequential scan, chosen only while the whole table
+   holds a few hundred people (measured: up to ~100 for the UPDATE, ~300 for the DELETE; any
+   statement reads a table of a page or two whole).
 
 The load keeps one statement and one round trip: the settings and the gate as before, then the
 people: the cio_ids given plus those the id and email probes find, deduplicated and sorted, each

@@ -113,15 +113,15 @@ class UnitOfWork:
                 return await work(Repository(conn))
             try:
                 # BEGIN travels with the work's first statement, the staged writes with COMMIT:
-                # two round trips for a write call, with one sync each.
-                async with conn.pipeline() as pipeline:
+                # two round trips for a write call. Leaving the pipeline sends what is queued
+                # and raises the first error of that round trip.
+                async with conn.pipeline():
                     cur = conn.cursor()
                     await cur.execute("BEGIN")
                     repo = Repository(conn, timeout_ms)
                     result = await work(repo)
                     await repo.send_staged()
                     await cur.execute("COMMIT")
-                    await pipeline.sync()  # raises the first error of the round trip
                 return result
             except BaseException:
                 await _roll_back(conn)
@@ -129,11 +129,18 @@ class UnitOfWork:
 
 
 async def _roll_back(conn: psycopg.AsyncConnection) -> None:
-    """Ends a transaction that failed (or whose work refused): nothing of it stays. A connection
+    """Ends a transaction that failed, or whose work refused: nothing of it stays. A connection
     still busy (the call was cancelled mid-statement) is left to the pool, which discards it."""
+    if conn.closed:
+        return
     status = conn.info.transaction_status
-    if not conn.closed and status in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
-        try:
+    try:
+        if status == TransactionStatus.INTRANS:
+            # Every statement so far succeeded (a refusal of the rules core, say), so psycopg's
+            # prepared statements are intact: a plain ROLLBACK keeps them, where rollback()
+            # would deallocate them all and cost the next calls a re-plan each.
+            await conn.execute("ROLLBACK")
+        elif status == TransactionStatus.INERROR:
             await conn.rollback()
-        except psycopg.Error:
-            await conn.close()
+    except psycopg.Error:
+        await conn.close()
