@@ -60,7 +60,7 @@ pytestmark = pytest.mark.slow
 C = grpc.StatusCode
 THREADS = 32
 DEADLINE = 1.0  # per call in the database restart test: calls must fail fast, well within it
-RECOVERY_LIMIT = 2.0  # seconds after the database answers again
+RECOVERY_LIMIT = 4.0  # seconds after the database answers again (typically 0.1-0.4; wide for a busy CI machine)
 GRACE = 5.0
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 TRANSPORT_FAILURES = {C.UNAVAILABLE, C.CANCELLED, C.UNKNOWN}
@@ -302,7 +302,7 @@ def test_database_stopped_and_restarted_under_load(throwaway_pg, fault_engine, f
 
     assert alive, "the server or a worker process did not stay up while the database was down"
     assert not_serving, "health did not report NOT_SERVING within 3 s of the database stopping"
-    assert values["not_serving_after_seconds"] <= 2.0
+    assert values["not_serving_after_seconds"] <= 3.0  # the monitor pings every 0.5 s
     assert still_not_serving, "health reported SERVING while the database was still down"
     assert all(u > 0 for u in unavailable), f"not every worker answered UNAVAILABLE: {unavailable}"
     assert outage, "no call was made during the outage"
@@ -385,7 +385,7 @@ def test_worker_killed_with_sigkill_under_load(fault_engine, fault_workspace, st
     assert serving, "health is not SERVING after the replacement"
     assert replacement_served, "the replacement worker answered no call"
     assert all(t is not None for t in late_ok), "a client thread got no OK call after the kill"
-    assert longest_gap < 1.0, f"service paused {longest_gap:.2f}s around the kill"
+    assert longest_gap < 2.0, f"service paused {longest_gap:.2f}s around the kill"  # typically ~0.1 s
     refused = {c.code for c in calls if c.refused}
     assert refused <= {C.ALREADY_EXISTS, C.FAILED_PRECONDITION, C.ABORTED}, refused
 
