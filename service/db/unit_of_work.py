@@ -99,12 +99,12 @@ class UnitOfWork:
                 await asyncio.sleep(delay)
             except _TIMEOUT_ERRORS as error:
                 raise _deadline_exceeded() from error
-            except psycopg.OperationalError as error:  # unreachable, or the connection broke
-                raise _unavailable() from error
-            except PoolTimeout as error:
+            except PoolTimeout as error:  # (an OperationalError too: caught first)
                 raise Unavailable(
                     "DATABASE_BUSY", "no database connection was free in time; retry later"
                 ) from error
+            except psycopg.OperationalError as error:  # unreachable, or the connection broke
+                raise _unavailable() from error
         raise AssertionError("unreachable")
 
     async def _run_once(self, work: Work[T], timeout_ms: int | None, read_only: bool) -> T:
