@@ -76,6 +76,7 @@ class Repository:
         # Sent with the first statement: caps this transaction's statements and lock waits.
         self._timeout_ms = statement_timeout_ms
         self.staged: list[tuple[str, dict[str, Any]]] = []
+        self.wrote = False  # whether a statement that writes has run (staged ones are not sent yet)
 
     async def _send_timeouts(self, cur: psycopg.AsyncCursor) -> None:
         if self._timeout_ms is not None:
@@ -88,8 +89,9 @@ class Repository:
         await cur.execute(sql, params)
         return await cur.fetchall()
 
-    async def _run(self, statement: sa.Executable, *, returns_rows: bool = True) -> list[tuple]:
+    async def _run(self, statement: sa.Executable, *, returns_rows: bool = True, writes: bool = False) -> list[tuple]:
         sql, params = _compiled(statement)
+        self.wrote |= writes
         cur = self.conn.cursor()
         await self._send_timeouts(cur)
         await cur.execute(sql, params)
@@ -159,7 +161,7 @@ class Repository:
             .on_conflict_do_nothing(index_elements=[workspaces.c.workspace_id])
             .returning(workspaces.c.workspace_id)
         )
-        return bool(await self._run(statement))
+        return bool(await self._run(statement, writes=True))
 
     async def update_settings(self, settings: Settings, now: datetime) -> None:
         await self._run(
@@ -167,6 +169,7 @@ class Repository:
             .where(workspaces.c.workspace_id == settings.workspace_id)
             .values(updated_at=now, **_settings_values(settings)),
             returns_rows=False,
+            writes=True,
         )
 
     async def run_checks(self, workspace_id: str, checks: Iterable[Check]) -> dict[Check, CheckResult]:
@@ -202,4 +205,5 @@ class Repository:
                 email_key=people.c.email_norm if email_is_identifier else None,
             ),
             returns_rows=False,
+            writes=True,
         )

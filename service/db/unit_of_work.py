@@ -111,6 +111,7 @@ class UnitOfWork:
         async with self.pool.connection() as conn:
             if read_only and timeout_ms is None:
                 return await work(Repository(conn))
+            repo = Repository(conn, timeout_ms)
             try:
                 # BEGIN travels with the work's first statement, the staged writes with COMMIT:
                 # two round trips for a write call. Leaving the pipeline sends what is queued
@@ -118,29 +119,29 @@ class UnitOfWork:
                 async with conn.pipeline():
                     cur = conn.cursor()
                     await cur.execute("BEGIN")
-                    repo = Repository(conn, timeout_ms)
                     result = await work(repo)
                     await repo.send_staged()
                     await cur.execute("COMMIT")
                 return result
             except BaseException:
-                await _roll_back(conn)
+                await _end_failed(conn, repo.wrote)
                 raise
 
 
-async def _roll_back(conn: psycopg.AsyncConnection) -> None:
+async def _end_failed(conn: psycopg.AsyncConnection, wrote: bool) -> None:
     """Ends a transaction that failed, or whose work refused: nothing of it stays. A connection
     still busy (the call was cancelled mid-statement) is left to the pool, which discards it."""
     if conn.closed:
         return
     status = conn.info.transaction_status
     try:
-        if status == TransactionStatus.INTRANS:
-            # Every statement so far succeeded (a refusal of the rules core, say), so psycopg's
-            # prepared statements are intact: a plain ROLLBACK keeps them, where rollback()
-            # would deallocate them all and cost the next calls a re-plan each.
-            await conn.execute("ROLLBACK")
-        elif status == TransactionStatus.INERROR:
+        if status == TransactionStatus.INTRANS and not wrote:
+            # Every statement succeeded and none wrote (a refusal of the rules core after the
+            # load; staged writes were never sent): COMMIT ends it exactly as a rollback would,
+            # and psycopg keeps its prepared statements, which any ROLLBACK makes it deallocate
+            # (the next calls would pay a re-plan each).
+            await conn.execute("COMMIT")
+        elif status in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
             await conn.rollback()
     except psycopg.Error:
         await conn.close()
