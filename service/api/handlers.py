@@ -72,7 +72,7 @@ class Edge:
             code = grpc.StatusCode.OK
             token = deadlines.set_remaining(context.time_remaining())
             try:
-                allowed = self.api_keys.authenticate(context.invocation_metadata())
+                allowed = self.api_keys.authenticate(context.invocation_metadata()) if self.api_keys.enabled else None
                 try:
                     request = request_type.FromString(raw)
                 except (protobuf_message.DecodeError, RecursionError, ValueError):

@@ -35,22 +35,11 @@ from service.rules import modes
 from service.rules.decisions import Decision, Lookup, Write
 from service.rules.modes import SAMPLE_SIZE, Check, CheckResult
 from service.rules.validation import new_cio_id
+from tests.db.support import run_on_unit_of_work as _run
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 T1 = T0 + timedelta(hours=1)
 DEADLINE_MESSAGE = "the call's deadline passed before the database answered"
-
-
-def _run(database_url: str, scenario: Callable[[UnitOfWork], Awaitable[Any]], **pool: Any) -> Any:
-    async def go() -> Any:
-        connections = create_pool(database_url, **{"size": 2, **pool})
-        await connections.open()
-        try:
-            return await scenario(UnitOfWork(connections))
-        finally:
-            await connections.close()
-
-    return asyncio.run(go())
 
 
 async def _with_deadline(seconds: float, call: Awaitable[Any]) -> Any:

@@ -4,35 +4,22 @@ is ABORTED CONCURRENT_UPDATE (R41); the staged writes travel with the COMMIT."""
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 from datetime import datetime, timezone
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
-from service.db.engine import create_pool
 from service.db.repository import Lock, Repository
 from service.db.unit_of_work import UnitOfWork
 from service.domain import Person, Settings
 from service.errors import Aborted, DomainError, NotFound
 from service.rules.decisions import Decision, Lookup, Write
 from service.rules.validation import new_cio_id
+from tests.db.support import run_on_unit_of_work as _run
 
 NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
-
-
-def _run(database_url: str, scenario: Callable[[UnitOfWork], Awaitable[Any]]) -> Any:
-    async def go() -> Any:
-        pool = create_pool(database_url, size=2)
-        await pool.open()
-        try:
-            return await scenario(UnitOfWork(pool))
-        finally:
-            await pool.close()
-
-    return asyncio.run(go())
 
 
 def _person(id_: str) -> Person:
