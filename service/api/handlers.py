@@ -66,6 +66,10 @@ class Edge:
     def _unary(
         self, method: str, request_type: Any, impl: Callable[[Any], Awaitable[Any]]
     ) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[Any]]:
+        # Labelled metric children bound once: a labels() lookup takes a lock on every call.
+        latency = metrics.LATENCY.labels(method)
+        calls: dict[grpc.StatusCode, Any] = {}
+
         async def behavior(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
             start = time.perf_counter()
             workspace = ""
@@ -106,8 +110,11 @@ class Edge:
             finally:
                 deadlines.reset(token)
                 elapsed = time.perf_counter() - start
-                metrics.CALLS.labels(method, code.name).inc()
-                metrics.LATENCY.labels(method).observe(elapsed)
+                counter = calls.get(code)
+                if counter is None:
+                    counter = calls[code] = metrics.CALLS.labels(method, code.name)
+                counter.inc()
+                latency.observe(elapsed)
                 if log.isEnabledFor(logging.INFO):
                     # One line per call, as JSON: a client's text (the workspace_id is not yet
                     # validated) is escaped and cut, so it cannot forge or flood log lines.
