@@ -53,6 +53,8 @@ class Edge:
         for service in SERVICES:
             methods = {}
             for method in service.methods:
+                if not hasattr(self.api, method.name):
+                    continue  # not served yet: gRPC answers UNIMPLEMENTED
                 request_type = found.GetSymbol(method.input_type.full_name)
                 response_type = found.GetSymbol(method.output_type.full_name)
                 methods[method.name] = grpc.unary_unary_rpc_method_handler(

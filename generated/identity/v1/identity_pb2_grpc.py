@@ -70,6 +70,26 @@ class IdentityServiceStub:
                 request_serializer=identity_dot_v1_dot_identity__pb2.ImportPeopleRequest.SerializeToString,
                 response_deserializer=identity_dot_v1_dot_identity__pb2.ImportPeopleResponse.FromString,
                 _registered_method=True)
+        self.WatchChanges = channel.unary_stream(
+                '/identity.v1.IdentityService/WatchChanges',
+                request_serializer=identity_dot_v1_dot_identity__pb2.WatchChangesRequest.SerializeToString,
+                response_deserializer=identity_dot_v1_dot_identity__pb2.WatchChangesResponse.FromString,
+                _registered_method=True)
+        self.ListPersonHistory = channel.unary_unary(
+                '/identity.v1.IdentityService/ListPersonHistory',
+                request_serializer=identity_dot_v1_dot_identity__pb2.ListPersonHistoryRequest.SerializeToString,
+                response_deserializer=identity_dot_v1_dot_identity__pb2.ListPersonHistoryResponse.FromString,
+                _registered_method=True)
+        self.MergePeople = channel.unary_unary(
+                '/identity.v1.IdentityService/MergePeople',
+                request_serializer=identity_dot_v1_dot_identity__pb2.MergePeopleRequest.SerializeToString,
+                response_deserializer=identity_dot_v1_dot_identity__pb2.MergePeopleResponse.FromString,
+                _registered_method=True)
+        self.UnmergePeople = channel.unary_unary(
+                '/identity.v1.IdentityService/UnmergePeople',
+                request_serializer=identity_dot_v1_dot_identity__pb2.UnmergePeopleRequest.SerializeToString,
+                response_deserializer=identity_dot_v1_dot_identity__pb2.UnmergePeopleResponse.FromString,
+                _registered_method=True)
 
 
 class IdentityServiceServicer:
@@ -130,6 +150,42 @@ class IdentityServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchChanges(self, request, context):
+        """Streams the workspace's change log (R50-R52): every event after after_sequence, in
+        sequence order, then each new event as it commits, until the client cancels or its
+        deadline passes. Resuming with the last sequence received repeats nothing and loses
+        nothing. A cursor older than the retention period is OUT_OF_RANGE, with the oldest
+        sequence still available in the ErrorInfo metadata ("oldest_sequence").
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPersonHistory(self, request, context):
+        """The events of one person, newest first, including those of the people merged into it
+        (R53). The person may be referenced by a cio_id that was merged away or deleted.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MergePeople(self, request, context):
+        """Merges two existing people on purpose, whatever the mode and auto_merge (R60): the primary
+        keeps its cio_id and identifiers, takes an identifier it lacks and attributes it has empty
+        from the secondary, which is deleted. The merge can be undone (UnmergePeople).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnmergePeople(self, request, context):
+        """Undoes one merge, automatic (R13) or explicit (R60), named by the sequence of its MERGED
+        event (R62).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IdentityServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -167,6 +223,26 @@ def add_IdentityServiceServicer_to_server(servicer, server):
                     servicer.ImportPeople,
                     request_deserializer=identity_dot_v1_dot_identity__pb2.ImportPeopleRequest.FromString,
                     response_serializer=identity_dot_v1_dot_identity__pb2.ImportPeopleResponse.SerializeToString,
+            ),
+            'WatchChanges': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchChanges,
+                    request_deserializer=identity_dot_v1_dot_identity__pb2.WatchChangesRequest.FromString,
+                    response_serializer=identity_dot_v1_dot_identity__pb2.WatchChangesResponse.SerializeToString,
+            ),
+            'ListPersonHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPersonHistory,
+                    request_deserializer=identity_dot_v1_dot_identity__pb2.ListPersonHistoryRequest.FromString,
+                    response_serializer=identity_dot_v1_dot_identity__pb2.ListPersonHistoryResponse.SerializeToString,
+            ),
+            'MergePeople': grpc.unary_unary_rpc_method_handler(
+                    servicer.MergePeople,
+                    request_deserializer=identity_dot_v1_dot_identity__pb2.MergePeopleRequest.FromString,
+                    response_serializer=identity_dot_v1_dot_identity__pb2.MergePeopleResponse.SerializeToString,
+            ),
+            'UnmergePeople': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnmergePeople,
+                    request_deserializer=identity_dot_v1_dot_identity__pb2.UnmergePeopleRequest.FromString,
+                    response_serializer=identity_dot_v1_dot_identity__pb2.UnmergePeopleResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -359,6 +435,114 @@ class IdentityService:
             '/identity.v1.IdentityService/ImportPeople',
             identity_dot_v1_dot_identity__pb2.ImportPeopleRequest.SerializeToString,
             identity_dot_v1_dot_identity__pb2.ImportPeopleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchChanges(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/identity.v1.IdentityService/WatchChanges',
+            identity_dot_v1_dot_identity__pb2.WatchChangesRequest.SerializeToString,
+            identity_dot_v1_dot_identity__pb2.WatchChangesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPersonHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/identity.v1.IdentityService/ListPersonHistory',
+            identity_dot_v1_dot_identity__pb2.ListPersonHistoryRequest.SerializeToString,
+            identity_dot_v1_dot_identity__pb2.ListPersonHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MergePeople(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/identity.v1.IdentityService/MergePeople',
+            identity_dot_v1_dot_identity__pb2.MergePeopleRequest.SerializeToString,
+            identity_dot_v1_dot_identity__pb2.MergePeopleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnmergePeople(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/identity.v1.IdentityService/UnmergePeople',
+            identity_dot_v1_dot_identity__pb2.UnmergePeopleRequest.SerializeToString,
+            identity_dot_v1_dot_identity__pb2.UnmergePeopleResponse.FromString,
             options,
             channel_credentials,
             insecure,
