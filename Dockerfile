@@ -1,6 +1,13 @@
 # The identity service. Build: podman build -t identity-service .   (or docker build)
 # Run:   docker run -e DATABASE_URL=postgresql://user@db:5432/identity -e API_KEYS='<key>=*' \
 #          -p 50051:50051 identity-service
+# That serves in clear text on 0.0.0.0 (the default arguments are `--insecure`; the server logs a
+# WARNING). For TLS, mount the files and replace the arguments (SIGHUP to the container reloads
+# them); the health check then needs the CA (and, with --tls-client-ca, a client certificate:
+# HEALTHCHECK_TLS_CERT, HEALTHCHECK_TLS_KEY):
+#        docker run -v /etc/identity-tls:/tls:ro -e HEALTHCHECK_TLS_CA=/tls/ca.crt \
+#          -e HEALTHCHECK_SERVER_NAME=<name in the certificate> ... identity-service \
+#          --tls-cert /tls/server.crt --tls-key /tls/server.key
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -28,3 +35,4 @@ EXPOSE 50051
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
   CMD python -m service.runtime.healthcheck 127.0.0.1:50051 || exit 1
 ENTRYPOINT ["identity-server"]
+CMD ["--insecure"]

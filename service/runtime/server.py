@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -27,6 +28,8 @@ from service.db.monitor import DatabaseMonitor
 from service.db.unit_of_work import UnitOfWork
 from service.domain import Settings
 from service.errors import AlreadyExists
+from service.runtime.tls import ServerTls, TlsError, check_listen, is_loopback
+from service.runtime.tls import from_args as tls_from_args
 from service.usecases import IdentityService
 
 log = logging.getLogger("identity.server")
@@ -98,11 +101,17 @@ async def create_server(
     max_streams: int = 10_000,
     monitor_interval: float = 0.5,
     api_keys: ApiKeys | None = None,
+    tls: ServerTls | None = None,
+    insecure: bool = False,
 ) -> RunningServer:
     """Builds and starts a server on `address` ("host:port"; port 0 picks a free one), in the
     running event loop. Past `max_concurrent_calls` identity calls in flight, new ones get
     RESOURCE_EXHAUSTED; streams (reflection, health watches) count only towards `max_streams`.
-    The database is pinged every `monitor_interval` seconds: health follows it."""
+    The database is pinged every `monitor_interval` seconds: health follows it. With `tls`, it
+    serves TLS (mutual when `tls` has a client CA); without, only on loopback unless `insecure`."""
+    refusal = check_listen(address, tls is not None, insecure)
+    if refusal:
+        raise ValueError(refusal)
     pool = create_pool(database_url, size=pool_size)
     await pool.open(wait=False)
     server = grpc.aio.server(maximum_concurrent_rpcs=max_streams, options=channel_options())
@@ -114,7 +123,7 @@ async def create_server(
     server.add_generic_rpc_handlers(edge.handlers())
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable([*SERVICE_NAMES, health.SERVICE_NAME], server)
-    port = server.add_insecure_port(address)
+    port = server.add_secure_port(address, tls.credentials()) if tls else server.add_insecure_port(address)
     if port == 0:
         raise RuntimeError(f"could not listen on {address}")
     await server.start()
@@ -206,6 +215,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=_env("API_KEYS", ""),
         help="key=workspace|workspace,key=* (empty: no key needed; for local development only)",
     )
+    p.add_argument("--tls-cert", default=_env("TLS_CERT", ""), help="PEM certificate chain: serve TLS (reloaded on SIGHUP)")
+    p.add_argument("--tls-key", default=_env("TLS_KEY", ""), help="PEM private key of --tls-cert")
+    p.add_argument(
+        "--tls-client-ca",
+        default=_env("TLS_CLIENT_CA", ""),
+        help="PEM CA: mutual TLS, clients without a certificate it signed are refused",
+    )
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        default=_env("INSECURE", "0") == "1",
+        help="allow serving without TLS on an address beyond loopback",
+    )
     p.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
     p.add_argument(
         "--event-loop",
@@ -260,6 +282,16 @@ def serve(args: argparse.Namespace, database_url: str, worker: int = 0) -> int:
 
 
 async def _serve(args: argparse.Namespace, database_url: str, worker: int) -> None:
+    loop = asyncio.get_running_loop()
+    server_tls = tls_from_args(args.tls_cert, args.tls_key, args.tls_client_ca)
+
+    def on_hangup() -> None:
+        if server_tls is None:
+            log.info("worker %d: SIGHUP, no TLS configured: nothing to reload", worker)
+        else:
+            server_tls.reload()
+
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
     running = await create_server(
         args.listen,
         database_url,
@@ -267,10 +299,11 @@ async def _serve(args: argparse.Namespace, database_url: str, worker: int) -> No
         max_concurrent_calls=args.max_concurrent_calls,
         max_streams=args.max_streams,
         api_keys=args.api_keys,
+        tls=server_tls,
+        insecure=args.insecure,
     )
     log.info("worker %d (pid %d) serving on %s", worker, os.getpid(), args.listen)
     stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
 
     def on_signal(signum: int) -> None:
         log.info("worker %d: %s, draining for up to %.1fs", worker, signal.Signals(signum).name, args.grace)
@@ -285,7 +318,8 @@ async def _serve(args: argparse.Namespace, database_url: str, worker: int) -> No
 def supervise(args: argparse.Namespace, database_url: str) -> int:
     """Forks the workers (before any gRPC object exists in this process, as gRPC requires), each
     listening on the same port with SO_REUSEPORT; restarts a worker that dies; on SIGTERM or
-    SIGINT, passes the signal on and waits for the workers to drain."""
+    SIGINT, passes the signal on and waits for the workers to drain; passes SIGHUP (reload the
+    TLS files) on to every worker."""
     children: dict[int, int] = {}  # pid -> worker index
 
     def spawn(worker: int) -> None:
@@ -293,6 +327,7 @@ def supervise(args: argparse.Namespace, database_url: str) -> int:
         if pid == 0:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the worker's own handler
             code = 1
             try:
                 code = serve(args, database_url, worker)
@@ -306,8 +341,14 @@ def supervise(args: argparse.Namespace, database_url: str) -> int:
     def on_signal(signum: int, _frame: object) -> None:
         stopping.set()
 
+    def on_hangup(signum: int, _frame: object) -> None:
+        for pid in list(children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGHUP)
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, on_hangup)
     for worker in range(args.workers):
         spawn(worker)
     log.info("supervisor (pid %d): %d workers on %s", os.getpid(), args.workers, args.listen)
@@ -354,6 +395,23 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(process)d %(name)s %(message)s",
         stream=sys.stderr,
     )
+    try:
+        server_tls = tls_from_args(args.tls_cert, args.tls_key, args.tls_client_ca)  # checked here, loaded per worker
+    except TlsError as e:
+        print(f"identity-server: error: {e}", file=sys.stderr)
+        return 2
+    if not args.migrate_only:
+        refusal = check_listen(args.listen, server_tls is not None, args.insecure)
+        if refusal:
+            print(f"identity-server: error: {refusal}", file=sys.stderr)
+            return 2
+        if server_tls is None and not is_loopback(args.listen):
+            log.warning(
+                "INSECURE (--insecure): serving on %s WITHOUT TLS: API keys and data cross the network in clear text",
+                args.listen,
+            )
+        elif server_tls is not None:
+            log.info("TLS on%s", f", clients need a certificate signed by {args.tls_client_ca}" if server_tls.mutual else "")
     database_url = args.database_url
     if not database_url:
         from service.runtime import embedded
