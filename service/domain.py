@@ -38,6 +38,7 @@ class Settings:
     email_updatable_by_id: bool = True
     sole_identifier_updatable: bool = False
     auto_merge: bool = True
+    event_retention_days: int = 30  # how long the change log keeps events (R52)
 
 
 @dataclass(frozen=True)
@@ -85,3 +86,59 @@ class IdentifyResult:
     person: Person
     outcome: Outcome
     merged_cio_ids: tuple[str, ...] = ()
+    explanation: Explanation | None = None
+
+
+@dataclass(frozen=True)
+class Match:
+    """R72: an identifier a request gave, and the cio_id of the stored person it matched (None:
+    nobody)."""
+
+    field: Field
+    value: str
+    cio_id: str | None
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """R72: the rule that decided a call, and whom each identifier it gave matched."""
+
+    rule: str
+    matches: tuple[Match, ...] = ()
+
+
+@dataclass(frozen=True)
+class Changed:
+    """The result of a call that changes one person: the person (as presented) and why."""
+
+    person: Person
+    explanation: Explanation
+
+
+@dataclass(frozen=True)
+class Merged:
+    """The result of MergePeople (R60): the primary after it, the secondary's cio_id, the
+    sequence of the MERGED event (0 for a dry run) and why."""
+
+    person: Person
+    merged_cio_id: str
+    merge_sequence: int
+    explanation: Explanation
+
+
+@dataclass(frozen=True)
+class Unmerged:
+    """The result of UnmergePeople (R62): both people as they are after it."""
+
+    primary: Person
+    secondary: Person
+
+
+@dataclass(frozen=True)
+class Call:
+    """What every call that writes carries besides its request: the RPC's name (recorded in
+    the change log, R50), the client's request_id (R50, R70) and validate_only (R71)."""
+
+    method: str
+    request_id: str = ""
+    validate_only: bool = False

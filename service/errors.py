@@ -59,6 +59,10 @@ class Aborted(DomainError):
     """Lost a race after the bounded retries (R41)."""
 
 
+class OutOfRange(DomainError):
+    """A cursor older than what is kept (R52)."""
+
+
 class Unavailable(DomainError):
     """The database cannot be reached, or no connection was free in time."""
 

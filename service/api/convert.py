@@ -9,8 +9,10 @@ from google.protobuf import struct_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from identity.v1 import identity_pb2 as pb
-from service.domain import Field, IdentifyInput, Mode, Person, Ref, Settings
+from service.domain import Explanation, Field, IdentifyInput, Mode, Person, Ref, Settings
 from service.errors import FieldViolation, InvalidArgument, invalid
+from service.rules.decisions import ABSENT
+from service.rules.events import Identifiers, Recorded
 
 MODE_TO_PB = {
     Mode.EMAIL_OR_ID: pb.IDENTIFIER_MODE_EMAIL_OR_ID,
@@ -29,7 +31,23 @@ OUTCOME_TO_PB = {
     "MERGED": pb.IDENTIFY_OUTCOME_MERGED,
     "UNCHANGED": pb.IDENTIFY_OUTCOME_UNCHANGED,
 }
-SETTINGS_FIELDS = ("identifier_mode", "email_updatable_by_id", "sole_identifier_updatable", "auto_merge")
+FIELD_TO_PB = {v: k for k, v in FIELD_FROM_PB.items()}
+SETTINGS_FIELDS = (
+    "identifier_mode",
+    "email_updatable_by_id",
+    "sole_identifier_updatable",
+    "auto_merge",
+    "event_retention_days",
+)
+MAX_RETENTION_DAYS = 3650
+EVENT_KIND_TO_PB = {
+    "CREATED": pb.PERSON_EVENT_KIND_CREATED,
+    "UPDATED": pb.PERSON_EVENT_KIND_UPDATED,
+    "MERGED": pb.PERSON_EVENT_KIND_MERGED,
+    "UNMERGED": pb.PERSON_EVENT_KIND_UNMERGED,
+    "DELETED": pb.PERSON_EVENT_KIND_DELETED,
+    "ERASED": pb.PERSON_EVENT_KIND_ERASED,
+}
 
 
 def _value(value: struct_pb2.Value) -> Any:
@@ -83,7 +101,68 @@ def settings_to_pb(settings: Settings) -> pb.WorkspaceSettings:
         email_updatable_by_id=settings.email_updatable_by_id,
         sole_identifier_updatable=settings.sole_identifier_updatable,
         auto_merge=settings.auto_merge,
+        event_retention_days=settings.event_retention_days,
     )
+
+
+def retention_from_pb(days: int, field: str, default: int | None = None) -> int:
+    if days == 0 and default is not None:
+        return default
+    if not 1 <= days <= MAX_RETENTION_DAYS:
+        raise invalid(field, f"must be 1 to {MAX_RETENTION_DAYS} days", "INVALID_RETENTION")
+    return days
+
+
+def explanation_to_pb(why: Explanation) -> pb.Decision:
+    return pb.Decision(
+        rule=why.rule,
+        matches=[
+            pb.IdentifierMatch(identifier=FIELD_TO_PB[m.field], value=m.value, matched_cio_id=m.cio_id or "")
+            for m in why.matches
+        ],
+    )
+
+
+def _json_value(value: Any) -> struct_pb2.Value:
+    holder = struct_pb2.Struct()
+    holder.update({"v": value})
+    return holder.fields["v"]
+
+
+def _identifiers_to_pb(value: Identifiers) -> pb.Identifiers:
+    message = pb.Identifiers()
+    if value.id is not None:
+        message.id = value.id
+    if value.email is not None:
+        message.email = value.email
+    return message
+
+
+def event_to_pb(record: Recorded) -> pb.PersonEvent:
+    event = record.event
+    message = pb.PersonEvent(
+        sequence=record.sequence,
+        kind=EVENT_KIND_TO_PB[event.kind.value],
+        cio_id=event.cio_id,
+        rpc=record.rpc,
+        request_id=record.request_id,
+        commit_time=_timestamp(record.commit_time),
+        unmerged_sequence=event.unmerged_sequence,
+    )
+    if event.before is not None:
+        message.identifiers_before.CopyFrom(_identifiers_to_pb(event.before))
+    if event.after is not None:
+        message.identifiers_after.CopyFrom(_identifiers_to_pb(event.after))
+    for change in event.changes:
+        item = message.attribute_changes.add(name=change.name)
+        if change.old is not ABSENT:
+            item.old_value.CopyFrom(_json_value(change.old))
+        if change.new is not ABSENT:
+            item.new_value.CopyFrom(_json_value(change.new))
+    if event.merged is not None:
+        message.merged_cio_id = event.merged.cio_id
+        message.merged_person.CopyFrom(person_to_pb(event.merged))
+    return message
 
 
 def mode_from_pb(value: int, field: str, default: Mode | None = None) -> Mode:
@@ -104,6 +183,7 @@ def settings_from_pb(workspace_id: str, message: pb.WorkspaceSettings | None) ->
         email_updatable_by_id=message.email_updatable_by_id,
         sole_identifier_updatable=message.sole_identifier_updatable,
         auto_merge=message.auto_merge,
+        event_retention_days=retention_from_pb(message.event_retention_days, "settings.event_retention_days", 30),
     )
 
 
@@ -130,6 +210,8 @@ def settings_patch(message: pb.WorkspaceSettings, paths: list[str]) -> dict[str,
     for path in paths:
         if path == "identifier_mode":
             patch["mode"] = mode_from_pb(message.identifier_mode, "settings.identifier_mode")
+        elif path == "event_retention_days":
+            patch[path] = retention_from_pb(message.event_retention_days, "settings.event_retention_days", 30)
         else:
             patch[path] = getattr(message, path)
     return patch

@@ -57,24 +57,29 @@ class Edge:
                     continue  # not served yet: gRPC answers UNIMPLEMENTED
                 request_type = found.GetSymbol(method.input_type.full_name)
                 response_type = found.GetSymbol(method.output_type.full_name)
-                methods[method.name] = grpc.unary_unary_rpc_method_handler(
-                    self._unary(method.name, request_type, getattr(self.api, method.name)),
+                behavior = self._behavior(method.name, request_type, getattr(self.api, method.name), method.server_streaming)
+                make = grpc.unary_stream_rpc_method_handler if method.server_streaming else grpc.unary_unary_rpc_method_handler
+                methods[method.name] = make(
+                    behavior,
                     request_deserializer=None,  # raw bytes: decoded after the key check
                     response_serializer=response_type.SerializeToString,
                 )
             generic.append(grpc.method_handlers_generic_handler(service.full_name, methods))
         return generic
 
-    def _unary(
-        self, method: str, request_type: Any, impl: Callable[[Any], Awaitable[Any]]
+    def _behavior(
+        self, method: str, request_type: Any, impl: Callable[[Any], Any], streaming: bool
     ) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[Any]]:
+        """A unary call returns impl's response; a server-streaming one (impl an async
+        generator) writes each of its responses. Streams do not count against the limit of
+        calls in flight: they hold no thread and, between events, no database connection."""
         # Labelled metric children bound once: a labels() lookup takes a lock on every call.
         latency = metrics.LATENCY.labels(method)
         calls: dict[grpc.StatusCode, Any] = {}
 
         async def behavior(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
             start = time.perf_counter()
-            workspace = ""
+            workspace = request_id = ""
             code = grpc.StatusCode.OK
             token = deadlines.set_remaining(context.time_remaining())
             try:
@@ -84,7 +89,16 @@ class Edge:
                 except (protobuf_message.DecodeError, RecursionError, ValueError):
                     raise _undecodable(method) from None
                 workspace = request.workspace_id
+                request_id = getattr(request, "request_id", "")
                 self.api_keys.authorize(allowed, workspace)
+                if streaming:
+                    metrics.OPEN_STREAMS.labels(method).inc()
+                    try:
+                        async for response in impl(request):
+                            await context.write(response)
+                    finally:
+                        metrics.OPEN_STREAMS.labels(method).dec()
+                    return None
                 if self.in_flight >= self.max_in_flight:
                     raise ResourceExhausted(
                         "TOO_MANY_CALLS",
@@ -127,6 +141,7 @@ class Edge:
                                 "workspace": cut(workspace, _LOGGED_WORKSPACE_CHARS),
                                 "code": code.name,
                                 "ms": round(elapsed * 1000, 2),
+                                **({"request_id": cut(request_id, _LOGGED_WORKSPACE_CHARS)} if request_id else {}),
                             }
                         )
                     )

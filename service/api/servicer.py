@@ -5,16 +5,23 @@ their status. One coroutine per RPC, named as in the proto."""
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, Callable
+from typing import Any, AsyncIterator, Callable
 
 from identity.v1 import identity_pb2 as pb
 from service.api import convert, csv_import
 from service.api.status import to_status_proto
+from service.db.notifier import Notifier
+from service.domain import Call
 from service.errors import DomainError, InvalidArgument
 from service.rules.validation import check_workspace_id
 from service.usecases import IdentityService
 
 MAX_IMPORT_ERRORS = 1000  # refused rows reported in full; past it, counted only
+
+
+def _call(method: str, request: Any) -> Call:
+    """The call's name, request_id and validate_only (R50, R70, R71)."""
+    return Call(method, request.request_id, request.validate_only)
 
 
 def _convert(workspace_id: str, **parts: Callable[[], Any]) -> dict[str, Any]:
@@ -35,17 +42,19 @@ def _convert(workspace_id: str, **parts: Callable[[], Any]) -> dict[str, Any]:
 class IdentityApi:
     """identity.v1.IdentityService and identity.v1.WorkspaceService."""
 
-    def __init__(self, service: IdentityService):
+    def __init__(self, service: IdentityService, notifier: Notifier | None = None):
         self.service = service
+        self.notifier = notifier
 
     # --- IdentityService ---
 
     async def Identify(self, request: pb.IdentifyRequest) -> pb.IdentifyResponse:
-        result = await self.service.identify(convert.identify_from_pb(request))
+        result = await self.service.identify(convert.identify_from_pb(request), _call("Identify", request))
         return pb.IdentifyResponse(
             person=convert.person_to_pb(result.person),
             outcome=convert.OUTCOME_TO_PB[result.outcome.value],
             merged_cio_ids=list(result.merged_cio_ids),
+            decision=convert.explanation_to_pb(result.explanation) if result.explanation else None,
         )
 
     async def UpdateIdentifier(self, request: pb.UpdateIdentifierRequest) -> pb.UpdateIdentifierResponse:
@@ -54,8 +63,12 @@ class IdentityApi:
             ref=lambda: convert.ref_from_pb(request.person, request.HasField("person")),
             field=lambda: convert.identifier_from_pb(request.identifier),
         )
-        person = await self.service.update_identifier(request.workspace_id, parts["ref"], parts["field"], request.value)
-        return pb.UpdateIdentifierResponse(person=convert.person_to_pb(person))
+        changed = await self.service.update_identifier(
+            request.workspace_id, parts["ref"], parts["field"], request.value, _call("UpdateIdentifier", request)
+        )
+        return pb.UpdateIdentifierResponse(
+            person=convert.person_to_pb(changed.person), decision=convert.explanation_to_pb(changed.explanation)
+        )
 
     async def DeleteIdentifier(self, request: pb.DeleteIdentifierRequest) -> pb.DeleteIdentifierResponse:
         parts = _convert(
@@ -63,8 +76,49 @@ class IdentityApi:
             ref=lambda: convert.ref_from_pb(request.person, request.HasField("person")),
             field=lambda: convert.identifier_from_pb(request.identifier),
         )
-        person = await self.service.delete_identifier(request.workspace_id, parts["ref"], parts["field"])
-        return pb.DeleteIdentifierResponse(person=convert.person_to_pb(person))
+        changed = await self.service.delete_identifier(
+            request.workspace_id, parts["ref"], parts["field"], _call("DeleteIdentifier", request)
+        )
+        return pb.DeleteIdentifierResponse(
+            person=convert.person_to_pb(changed.person), decision=convert.explanation_to_pb(changed.explanation)
+        )
+
+    async def MergePeople(self, request: pb.MergePeopleRequest) -> pb.MergePeopleResponse:
+        parts = _convert(
+            request.workspace_id,
+            primary=lambda: convert.ref_from_pb(request.primary, request.HasField("primary"), "primary"),
+            secondary=lambda: convert.ref_from_pb(request.secondary, request.HasField("secondary"), "secondary"),
+        )
+        merged = await self.service.merge_people(
+            request.workspace_id, parts["primary"], parts["secondary"], _call("MergePeople", request)
+        )
+        return pb.MergePeopleResponse(
+            person=convert.person_to_pb(merged.person),
+            merged_cio_id=merged.merged_cio_id,
+            merge_sequence=merged.merge_sequence,
+            decision=convert.explanation_to_pb(merged.explanation),
+        )
+
+    async def UnmergePeople(self, request: pb.UnmergePeopleRequest) -> pb.UnmergePeopleResponse:
+        unmerged = await self.service.unmerge_people(
+            request.workspace_id, request.merge_sequence, _call("UnmergePeople", request)
+        )
+        return pb.UnmergePeopleResponse(
+            primary=convert.person_to_pb(unmerged.primary), secondary=convert.person_to_pb(unmerged.secondary)
+        )
+
+    async def ListPersonHistory(self, request: pb.ListPersonHistoryRequest) -> pb.ListPersonHistoryResponse:
+        parts = _convert(request.workspace_id, ref=lambda: convert.ref_from_pb(request.person, request.HasField("person")))
+        events, token = await self.service.list_person_history(
+            request.workspace_id, parts["ref"], request.page_size, request.page_token
+        )
+        return pb.ListPersonHistoryResponse(events=[convert.event_to_pb(e) for e in events], next_page_token=token)
+
+    async def WatchChanges(self, request: pb.WatchChangesRequest) -> AsyncIterator[pb.WatchChangesResponse]:
+        """Server streaming (R52): the edge writes each response to the stream."""
+        assert self.notifier is not None, "WatchChanges needs the process's notifier"
+        async for record in self.service.watch_changes(request.workspace_id, request.after_sequence, self.notifier):
+            yield pb.WatchChangesResponse(event=convert.event_to_pb(record))
 
     async def GetSettings(self, request: pb.GetSettingsRequest) -> pb.GetSettingsResponse:
         settings = await self.service.get_settings(request.workspace_id)
@@ -77,7 +131,9 @@ class IdentityApi:
 
     async def DeletePerson(self, request: pb.DeletePersonRequest) -> pb.DeletePersonResponse:
         parts = _convert(request.workspace_id, ref=lambda: convert.ref_from_pb(request.person, request.HasField("person")))
-        cio_id = await self.service.delete_person(request.workspace_id, parts["ref"])
+        cio_id = await self.service.delete_person(
+            request.workspace_id, parts["ref"], request.erase, _call("DeletePerson", request)
+        )
         return pb.DeletePersonResponse(cio_id=cio_id)
 
     async def ImportPeople(self, request: pb.ImportPeopleRequest) -> pb.ImportPeopleResponse:

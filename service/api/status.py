@@ -30,6 +30,7 @@ _CODES: list[tuple[type[errors.DomainError], int]] = [
     (errors.Unavailable, code_pb2.UNAVAILABLE),
     (errors.DeadlineExceeded, code_pb2.DEADLINE_EXCEEDED),
     (errors.ResourceExhausted, code_pb2.RESOURCE_EXHAUSTED),
+    (errors.OutOfRange, code_pb2.OUT_OF_RANGE),
 ]
 
 

@@ -16,6 +16,8 @@ from psycopg.types.json import Jsonb
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.postgresql import psycopg as psycopg_dialect
 
+from service.db import statements as sql
+from service.db.event_rows import event_params, recorded
 from service.db.keys import Keys, keys_for
 from service.db.schema import people, workspaces
 from service.db.statements import (
@@ -27,8 +29,9 @@ from service.db.statements import (
     UPDATE_PERSON_SQL,
     Lock,
 )
-from service.domain import Mode, Person, Settings
+from service.domain import Call, Mode, Person, Settings
 from service.rules.decisions import Decision, Lookup, Write
+from service.rules.events import Event, Recorded
 from service.rules.modes import SAMPLE_SIZE, Check, CheckResult
 from service.rules.validation import email_key
 
@@ -39,7 +42,7 @@ __all__ = ["Lock", "Repository"]
 
 def _settings(row: Sequence[Any]) -> Settings:
     """From the SETTINGS_COLUMNS of a driver row."""
-    return Settings(row[0], Mode(row[1]), row[2], row[3], row[4])
+    return Settings(row[0], Mode(row[1]), row[2], row[3], row[4], row[5])
 
 
 def _settings_values(settings: Settings) -> dict[str, object]:
@@ -48,6 +51,7 @@ def _settings_values(settings: Settings) -> dict[str, object]:
         "email_updatable_by_id": settings.email_updatable_by_id,
         "sole_identifier_updatable": settings.sole_identifier_updatable,
         "auto_merge": settings.auto_merge,
+        "event_retention_days": settings.event_retention_days,
     }
 
 
@@ -77,6 +81,7 @@ class Repository:
         self._timeout_ms = statement_timeout_ms
         self.staged: list[tuple[str, dict[str, Any]]] = []
         self.wrote = False  # whether a statement that writes has run (staged ones are not sent yet)
+        self.appended: list[str] = []  # the kinds of the events staged or sent (for the metrics)
 
     async def _send_timeouts(self, cur: psycopg.AsyncCursor) -> None:
         if self._timeout_ms is not None:
@@ -115,8 +120,8 @@ class Repository:
         )
         if not rows:
             return None, []
-        # Columns: the settings (5), then the person (6), absent when nobody matched.
-        return _settings(rows[0]), [Person(*row[5:]) for row in rows if row[5] is not None]
+        # Columns: the settings (6), then the person (6), absent when nobody matched.
+        return _settings(rows[0]), [Person(*row[6:]) for row in rows if row[6] is not None]
 
     def stage(self, settings: Settings, decision: Decision) -> None:
         """Stages what a decision says, sent with the COMMIT: a merge's secondaries are deleted
@@ -136,6 +141,96 @@ class Repository:
         elif decision.write == Write.UPDATE:
             values = _person_values(person, keys_for(settings.mode, person))
             self.staged.append((UPDATE_PERSON_SQL, {"key_workspace_id": ws, "key_cio_id": person.cio_id, **values}))
+        if decision.restored is not None:  # an undone merge's secondary, after the primary (R62)
+            restored = decision.restored
+            values = _person_values(restored, keys_for(settings.mode, restored))
+            self.staged.append(
+                (INSERT_PERSON_SQL, {"workspace_id": ws, "cio_id": restored.cio_id, "created_at": restored.created_at, **values})
+            )
+
+    def stage_events(self, workspace_id: str, events: list[Event], call: Call) -> None:
+        """Stages the call's events (R50), after its writes: each takes the workspace's next
+        sequence number with the last round trip, whose COMMIT releases the counter (R51).
+        The NOTIFY is delivered at that COMMIT."""
+        for event in events:
+            self.staged.append((sql.APPEND_EVENT_SQL, self._event_values(workspace_id, event, call)))
+            self.appended.append(event.kind.value)
+        if events:
+            self.staged.append((sql.NOTIFY_SQL, {"workspace_id": workspace_id}))
+
+    async def append_events_now(self, workspace_id: str, events: list[Event], call: Call) -> list[int]:
+        """As stage_events, but sent now, with the writes staged so far, returning the events'
+        sequence numbers (a response that names its event). The counter is then held from
+        here to the COMMIT, one more round trip."""
+        await self.send_staged()
+        cur = self.conn.cursor()
+        sequences = []
+        for event in events:
+            await cur.execute(sql.APPEND_EVENT_SQL, self._event_values(workspace_id, event, call))
+            sequences.append((await cur.fetchone())[0])  # type: ignore[index]
+            self.appended.append(event.kind.value)
+        if events:
+            await cur.execute(sql.NOTIFY_SQL, {"workspace_id": workspace_id})
+        self.wrote = True
+        return sequences
+
+    @staticmethod
+    def _event_values(workspace_id: str, event: Event, call: Call) -> dict[str, Any]:
+        params = event_params(event)
+        params["body"] = Jsonb(params["body"])
+        return {"workspace_id": workspace_id, "rpc": call.method, "request_id": call.request_id, **params}
+
+    # --- the change log ---
+
+    async def events_after(self, workspace_id: str, after: int, limit: int) -> list[Recorded]:
+        rows = await self._fetch(sql.EVENTS_AFTER_SQL, {"workspace_id": workspace_id, "after": after, "limit": limit})
+        return [recorded(row) for row in rows]
+
+    async def feed_bounds(self, workspace_id: str) -> tuple[int, int | None]:
+        """The last sequence number taken (0: none yet) and the oldest event kept (None: none)."""
+        ((last, oldest),) = await self._fetch(sql.FEED_BOUNDS_SQL, {"workspace_id": workspace_id})
+        return last or 0, oldest
+
+    async def event(self, workspace_id: str, sequence: int) -> Recorded | None:
+        rows = await self._fetch(sql.EVENT_SQL, {"workspace_id": workspace_id, "sequence": sequence})
+        return recorded(rows[0]) if rows else None
+
+    async def undone(self, workspace_id: str, sequence: int) -> bool:
+        """Whether the merge with this sequence was undone (R62)."""
+        return bool(await self._fetch(sql.UNDONE_SQL, {"workspace_id": workspace_id, "sequence": sequence}))
+
+    async def merged_into(self, workspace_id: str, cio_ids: list[str]) -> list[str]:
+        """The cio_ids of the people merged into any of `cio_ids`."""
+        rows = await self._fetch(sql.MERGED_INTO_SQL, {"workspace_id": workspace_id, "cio_ids": cio_ids})
+        return [row[0] for row in rows]
+
+    async def history(self, workspace_id: str, cio_ids: list[str], before: int, limit: int) -> list[Recorded]:
+        """The events about any of `cio_ids` (theirs, and the merges that took them) with a
+        sequence below `before`, newest first."""
+        rows = await self._fetch(
+            sql.HISTORY_SQL, {"workspace_id": workspace_id, "cio_ids": cio_ids, "before": before, "limit": limit}
+        )
+        return [recorded(row) for row in rows]
+
+    def stage_erasure(self, workspace_id: str, cio_ids: list[str]) -> None:
+        """R54: every event about these people becomes a tombstone, and the stored responses
+        that show them are deleted, with the call's other writes."""
+        params = {"workspace_id": workspace_id, "cio_ids": cio_ids}
+        self.staged.append((sql.ERASE_EVENTS_SQL, params))
+        self.staged.append((sql.ERASE_RESPONSES_SQL, params))
+
+    async def retention_settings(self) -> list[tuple[str, int]]:
+        """Every workspace and its retention in days (the background clean-up's, not a call's)."""
+        rows = await self._run(sa.select(workspaces.c.workspace_id, workspaces.c.event_retention_days))
+        return [(row[0], row[1]) for row in rows]
+
+    async def purge_events(self, workspace_id: str, cutoff: datetime, limit: int) -> int:
+        """Deletes at most `limit` of the workspace's oldest events committed before `cutoff`."""
+        cur = self.conn.cursor()
+        await self._send_timeouts(cur)
+        await cur.execute(sql.PURGE_EVENTS_SQL, {"workspace_id": workspace_id, "cutoff": cutoff, "limit": limit})
+        self.wrote = True
+        return len(await cur.fetchall())
 
     async def send_staged(self) -> None:
         """Queues the staged writes (the unit of work sends them with its COMMIT)."""

@@ -5,7 +5,7 @@ can be distributed by workspace."""
 from __future__ import annotations
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
 metadata = sa.MetaData()
 
@@ -17,6 +17,7 @@ workspaces = sa.Table(
     sa.Column("email_updatable_by_id", sa.Boolean, nullable=False),
     sa.Column("sole_identifier_updatable", sa.Boolean, nullable=False),
     sa.Column("auto_merge", sa.Boolean, nullable=False),
+    sa.Column("event_retention_days", sa.Integer, nullable=False),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
 )
@@ -41,3 +42,37 @@ people = sa.Table(
 
 sa.Index("people_id_key_unique", people.c.workspace_id, people.c.id_key, unique=True)
 sa.Index("people_email_key_unique", people.c.workspace_id, people.c.email_key, unique=True)
+
+event_sequences = sa.Table(
+    "event_sequences",
+    metadata,
+    sa.Column("workspace_id", sa.Text, primary_key=True),
+    sa.Column("last_sequence", sa.BigInteger, nullable=False),
+)
+
+person_events = sa.Table(
+    "person_events",
+    metadata,
+    sa.Column("workspace_id", sa.Text, primary_key=True),
+    sa.Column("sequence", sa.BigInteger, primary_key=True),
+    sa.Column("cio_id", sa.Text, nullable=False),
+    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("merged_cio_id", sa.Text),
+    sa.Column("undoes", sa.BigInteger),
+    sa.Column("rpc", sa.Text, nullable=False),
+    sa.Column("request_id", sa.Text, nullable=False),
+    sa.Column("commit_time", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("body", JSONB, nullable=False),
+)
+
+stored_responses = sa.Table(
+    "stored_responses",
+    metadata,
+    sa.Column("workspace_id", sa.Text, primary_key=True),
+    sa.Column("request_id", sa.Text, primary_key=True),
+    sa.Column("method", sa.Text, nullable=False),
+    sa.Column("fingerprint", sa.LargeBinary, nullable=False),
+    sa.Column("response", sa.LargeBinary, nullable=False),
+    sa.Column("cio_ids", ARRAY(sa.Text), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)

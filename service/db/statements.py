@@ -66,7 +66,10 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import psycopg as psycopg_dialect
 
-from service.db.schema import people, workspaces
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+from service.db.schema import event_sequences, people, person_events, stored_responses, workspaces
 
 _TEXT_ARRAY = ARRAY(sa.Text)
 PERSON_COLUMNS = (
@@ -83,6 +86,7 @@ SETTINGS_COLUMNS = (
     workspaces.c.email_updatable_by_id,
     workspaces.c.sole_identifier_updatable,
     workspaces.c.auto_merge,
+    workspaces.c.event_retention_days,
 )
 
 
@@ -243,6 +247,132 @@ SET_TIMEOUTS_SQL = (
 )
 SETTINGS_SQL = _sql(SETTINGS_QUERIES[Lock.NONE])
 
+# --- The change log (R50-R54) ---
+#
+# R51, sequence order is commit order: each appended event takes the workspace's next number
+# from its counter row, an upsert whose row lock is held until the transaction ends. The appends
+# travel with the COMMIT (the last round trip), so a concurrent appender to the same workspace
+# waits only for that commit, and takes its number after the first one is visible. A number
+# taken at insert time from a sequence would not do: a transaction that took 7 could commit
+# after one that took 8, and a reader that saw 8 would never see 7.
+_COUNTER = (
+    pg_insert(event_sequences)
+    .values(workspace_id=sa.bindparam("workspace_id"), last_sequence=_ONE)
+    .on_conflict_do_update(
+        index_elements=[event_sequences.c.workspace_id],
+        set_={"last_sequence": event_sequences.c.last_sequence + _ONE},
+    )
+    .returning(event_sequences.c.last_sequence)
+    .cte("counter")
+)
+_APPENDED = (
+    "workspace_id", "sequence", "cio_id", "kind", "merged_cio_id", "undoes", "rpc", "request_id", "commit_time", "body"
+)
+_APPEND_EVENT = person_events.insert().from_select(
+    _APPENDED,
+    sa.select(
+        sa.bindparam("workspace_id", type_=sa.Text),
+        _COUNTER.c.last_sequence,
+        sa.bindparam("cio_id", type_=sa.Text),
+        sa.bindparam("kind", type_=sa.Text),
+        sa.bindparam("merged_cio_id", type_=sa.Text),
+        sa.bindparam("undoes", type_=sa.BigInteger),
+        sa.bindparam("rpc", type_=sa.Text),
+        sa.bindparam("request_id", type_=sa.Text),
+        sa.func.clock_timestamp(),
+        sa.bindparam("body", type_=JSONB),
+    ).select_from(_COUNTER),
+).returning(person_events.c.sequence)
+APPEND_EVENT_SQL = _sql(_APPEND_EVENT)
+# Delivered at COMMIT to each worker's LISTEN connection, which wakes the workspace's streams;
+# they re-read by sequence, so the payload is only the workspace (a lost one loses nothing).
+CHANGES_CHANNEL = "identity_changes"
+NOTIFY_SQL = _sql(
+    sa.select(sa.func.pg_notify(sa.literal_column(f"'{CHANGES_CHANNEL}'"), sa.bindparam("workspace_id", type_=sa.Text)))
+)
+
+EVENT_COLUMNS = (
+    person_events.c.sequence,
+    person_events.c.cio_id,
+    person_events.c.kind,
+    person_events.c.rpc,
+    person_events.c.request_id,
+    person_events.c.commit_time,
+    person_events.c.body,
+)
+_IN_WORKSPACE = person_events.c.workspace_id == sa.bindparam("workspace_id")
+EVENTS_AFTER_SQL = _sql(
+    sa.select(*EVENT_COLUMNS)
+    .where(_IN_WORKSPACE, person_events.c.sequence > sa.bindparam("after", type_=sa.BigInteger))
+    .order_by(person_events.c.sequence)
+    .limit(sa.bindparam("limit", type_=sa.Integer))
+)
+EVENT_SQL = _sql(
+    sa.select(*EVENT_COLUMNS).where(_IN_WORKSPACE, person_events.c.sequence == sa.bindparam("sequence", type_=sa.BigInteger))
+)
+UNDONE_SQL = _sql(
+    sa.select(person_events.c.sequence).where(_IN_WORKSPACE, person_events.c.undoes == sa.bindparam("sequence", type_=sa.BigInteger))
+)
+# The feed's bounds: the last number taken, and the oldest event kept (R52's OUT_OF_RANGE).
+FEED_BOUNDS_SQL = _sql(
+    sa.select(
+        sa.select(event_sequences.c.last_sequence)
+        .where(event_sequences.c.workspace_id == sa.bindparam("workspace_id"))
+        .scalar_subquery(),
+        sa.select(sa.func.min(person_events.c.sequence)).where(_IN_WORKSPACE).scalar_subquery(),
+    )
+)
+_CIO_IDS = sa.bindparam("cio_ids", type_=_TEXT_ARRAY)
+# R53: the people merged into any of `cio_ids`.
+MERGED_INTO_SQL = _sql(
+    sa.select(person_events.c.merged_cio_id).where(
+        _IN_WORKSPACE, person_events.c.kind == sa.literal_column("'MERGED'"), person_events.c.cio_id == sa.any_(_CIO_IDS)
+    )
+)
+_ABOUT = sa.or_(person_events.c.cio_id == sa.any_(_CIO_IDS), person_events.c.merged_cio_id == sa.any_(_CIO_IDS))
+HISTORY_SQL = _sql(
+    sa.select(*EVENT_COLUMNS)
+    .where(_IN_WORKSPACE, _ABOUT, person_events.c.sequence < sa.bindparam("before", type_=sa.BigInteger))
+    .order_by(person_events.c.sequence.desc())
+    .limit(sa.bindparam("limit", type_=sa.Integer))
+)
+# R54: the events of the erased people become tombstones (kind, cio_id and sequence remain), and
+# the stored responses that show them go.
+ERASE_EVENTS_SQL = _sql(
+    person_events.update()
+    .where(_IN_WORKSPACE, _ABOUT)
+    .values(
+        kind=sa.literal_column("'ERASED'"),
+        merged_cio_id=sa.null(),
+        undoes=sa.null(),
+        rpc=sa.literal_column("''"),
+        request_id=sa.literal_column("''"),
+        body=sa.literal_column("'{}'::jsonb"),
+    )
+)
+ERASE_RESPONSES_SQL = _sql(
+    stored_responses.delete().where(
+        stored_responses.c.workspace_id == sa.bindparam("workspace_id"), stored_responses.c.cio_ids.overlap(_CIO_IDS)
+    )
+)
+# Retention (R52): a bounded batch of a workspace's oldest events, older than its setting.
+PURGE_EVENTS_SQL = _sql(
+    person_events.delete().where(
+        _IN_WORKSPACE,
+        person_events.c.sequence
+        <= sa.select(sa.func.max(sa.literal_column("old.sequence")))
+        .select_from(
+            sa.select(person_events.c.sequence)
+            .where(_IN_WORKSPACE, person_events.c.commit_time < sa.bindparam("cutoff", type_=sa.DateTime(timezone=True)))
+            .order_by(person_events.c.sequence)
+            .limit(sa.bindparam("limit", type_=sa.Integer))
+            .subquery("old")
+        )
+        .scalar_subquery(),
+    )
+    .returning(person_events.c.sequence)
+)
+
 # Every statement a call of the hot path runs, by a short name: what tests/db/test_plans.py
 # proves index-bound and what bench/floor.py replays under pgbench.
 HOT_STATEMENTS: dict[str, str] = {
@@ -253,4 +383,7 @@ HOT_STATEMENTS: dict[str, str] = {
     "delete_people": DELETE_PEOPLE_SQL,
     "set_timeouts": SET_TIMEOUTS_SQL,
     "settings": SETTINGS_SQL,
+    "append_event": APPEND_EVENT_SQL,
+    "notify": NOTIFY_SQL,
+    "events_after": EVENTS_AFTER_SQL,
 }

@@ -122,6 +122,8 @@ class UnitOfWork:
                     result = await work(repo)
                     await repo.send_staged()
                     await cur.execute("COMMIT")
+                for kind in repo.appended:
+                    metrics.EVENTS_APPENDED.labels(kind).inc()
                 return result
             except BaseException:
                 await _end_failed(conn, repo.wrote)

@@ -9,7 +9,7 @@ from typing import Iterable
 from service.domain import Field, Mode, Person, Ref, Settings
 from service.errors import AlreadyExists, FailedPrecondition, FieldViolation, NotFound
 from service.rules.changes import apply_to_person
-from service.rules.decisions import Decision, Lookup, Write
+from service.rules.decisions import Decision, Lookup, Match, Write
 from service.rules.modes import is_identifier, sole_identifier
 from service.rules.validation import check_cio_id, check_email, check_id, check_workspace_id, email_key, raise_if
 
@@ -53,7 +53,7 @@ def lookup_for(field: Field, value: str) -> Lookup:
     return Lookup(emails=(value,))
 
 
-def _shape(field: Field, value: str, name: str) -> list[FieldViolation]:
+def shape(field: Field, value: str, name: str) -> list[FieldViolation]:
     """R5/R3/R4: the shape of a cio_id, id or email."""
     check = {Field.CIO_ID: check_cio_id, Field.ID: check_id, Field.EMAIL: check_email}[field]
     return check(value, name)
@@ -63,7 +63,7 @@ def ref_lookup(workspace_id: str, ref: Ref) -> Lookup:
     """The person a reference names. The shapes (R8's workspace id; R5/R3/R4 for the reference)
     are checked here, once, before any database work, every bad field named (R42); whether the
     field may reference at all (R7) depends on the settings: resolve."""
-    raise_if(check_workspace_id(workspace_id) + _shape(ref.field, ref.value, f"person.{ref.field.value}"))
+    raise_if(check_workspace_id(workspace_id) + shape(ref.field, ref.value, f"person.{ref.field.value}"))
     return lookup_for(ref.field, ref.value)
 
 
@@ -163,9 +163,9 @@ def update_identifier_lookup(workspace_id: str, ref: Ref, field: Field, value: s
     """The person referenced and whoever owns the new value, in one lookup. Checked here, once,
     before any database work: the shapes of the workspace id, the reference and the new value,
     all reported together (R42); then that a cio_id is immutable (section 1)."""
-    violations = check_workspace_id(workspace_id) + _shape(ref.field, ref.value, f"person.{ref.field.value}")
+    violations = check_workspace_id(workspace_id) + shape(ref.field, ref.value, f"person.{ref.field.value}")
     if field != Field.CIO_ID:
-        violations += _shape(field, value, "value")
+        violations += shape(field, value, "value")
     raise_if(violations)
     if field == Field.CIO_ID:
         raise FailedPrecondition(
@@ -234,6 +234,22 @@ def decide_delete_identifier(
     return Decision(Write.UPDATE, apply_to_person(person, now, email=None), rule="R31")
 
 
-def decide_delete_person(settings: Settings, ref: Ref, people: list[Person]) -> Decision:
-    """DeletePerson: the referenced person (R7), deleted; NOT_FOUND if nobody matches."""
-    return Decision(Write.DELETE, resolve(settings, people, ref))
+def decide_delete_person(settings: Settings, ref: Ref, people: list[Person], erase: bool = False) -> Decision:
+    """DeletePerson: the referenced person (R7), deleted; NOT_FOUND if nobody matches. With
+    `erase`, a data-subject erasure (R54)."""
+    return Decision(Write.DELETE, resolve(settings, people, ref), rule="R54" if erase else "", erase=erase)
+
+
+def matches_of(settings: Settings, lookup: Lookup, people: Iterable[Person]) -> tuple[Match, ...]:
+    """R72: each identifier a request gave (its lookup), and the stored person it matched. An
+    id or email that is not an identifier in the mode matches nobody and is left out."""
+    mode = settings.mode
+    given = ((Field.CIO_ID, lookup.cio_ids), (Field.ID, lookup.ids), (Field.EMAIL, lookup.emails))
+    result = []
+    for field, values in given:
+        if field != Field.CIO_ID and not is_identifier(mode, field):
+            continue
+        for value in values:
+            person = find(mode, people, field, value)
+            result.append(Match(field, value, person.cio_id if person else None))
+    return tuple(result)

@@ -9,7 +9,7 @@ from typing import Mapping
 from service.domain import Field, IdentifyInput, JsonValue, Mode, Outcome, Person, Settings
 from service.errors import AlreadyExists, FailedPrecondition, FieldViolation, NotFound
 from service.rules.changes import UNSET, _Unset, apply_to_person
-from service.rules.decisions import Decision, Lookup, Write
+from service.rules.decisions import ABSENT, Decision, Lookup, MaybeValue, Taken, Write
 from service.rules.identifiers import find, judge_identifier_change
 from service.rules.modes import is_identifier, reserved_attribute_names
 from service.rules.validation import (
@@ -199,13 +199,30 @@ def _merge(a: Person, b: Person, parts: _Parts, now: datetime) -> Decision:
     300 attributes (FAILED_PRECONDITION otherwise, as any change, apply_to_person). The
     secondary is deleted, in the same transaction."""
     primary, secondary = sorted((a, b), key=lambda p: (p.created_at, p.cio_id))
-    changes: dict[str, JsonValue] = {
-        name: value for name, value in secondary.attributes.items() if primary.attributes.get(name) in (None, "")
-    }
+    took = taken_attributes(primary, secondary)
+    changes: dict[str, JsonValue] = {name: value for name, (_, value) in took.items()}
     changes.update(parts.attributes)
     # The primary always gains an identifier (A has no email, B no id), so this is a change.
     person = apply_to_person(primary, now, id=a.id, email=b.email, attributes=changes)
-    return Decision(Write.UPDATE, person, deleted=(secondary.cio_id,), outcome=Outcome.MERGED, rule="R13")
+    # R61: what it took, for an undo: the identifier the primary lacked, and the attributes the
+    # request did not set itself.
+    taken = Taken(
+        (Field.EMAIL,) if primary is a else (Field.ID,),
+        {name: value for name, value in took.items() if name not in parts.attributes},
+    )
+    return Decision(
+        Write.UPDATE, person, deleted=(secondary.cio_id,), outcome=Outcome.MERGED, rule="R13", taken=taken
+    )
+
+
+def taken_attributes(primary: Person, secondary: Person) -> dict[str, tuple[MaybeValue, JsonValue]]:
+    """R13: each attribute empty (absent or "") on the primary takes the secondary's value:
+    name -> (the primary's value before, the value taken)."""
+    return {
+        name: (primary.attributes.get(name, ABSENT), value)
+        for name, value in secondary.attributes.items()
+        if primary.attributes.get(name) in (None, "")
+    }
 
 
 def _update(

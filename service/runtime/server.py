@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import random
 import contextlib
 import logging
 import os
@@ -30,6 +31,7 @@ from service.domain import Settings
 from service.errors import AlreadyExists
 from service.runtime.tls import ServerTls, TlsError, check_listen, is_loopback
 from service.runtime.tls import from_args as tls_from_args
+from service.db.notifier import Notifier
 from service.usecases import IdentityService
 
 log = logging.getLogger("identity.server")
@@ -70,6 +72,8 @@ class RunningServer:
     uow: UnitOfWork
     database_url: str
     pool_size: int
+    notifier: Notifier | None = None
+    janitor: asyncio.Task[None] | None = None
 
     async def set_serving(self, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
@@ -87,6 +91,10 @@ class RunningServer:
     async def stop(self, grace: float) -> None:
         """Health goes NOT_SERVING at once; calls in flight get `grace` seconds to finish."""
         await self.health.enter_graceful_shutdown()
+        if self.janitor is not None:
+            self.janitor.cancel()
+        if self.notifier is not None:
+            await self.notifier.close()  # change-feed streams end now (UNAVAILABLE): they resume elsewhere
         await self.server.stop(grace)
         await self.monitor.stop()
         await self.uow.pool.close(timeout=1)
@@ -119,7 +127,9 @@ async def create_server(
     holder: list[RunningServer] = []
     monitor = DatabaseMonitor(libpq_url(database_url), lambda ok: holder[0].on_database_change(ok), monitor_interval)
     uow = UnitOfWork(pool, available=lambda: monitor.available)
-    edge = Edge(IdentityApi(IdentityService(uow)), api_keys, max_concurrent_calls)
+    notifier = Notifier(libpq_url(database_url))
+    service = IdentityService(uow)
+    edge = Edge(IdentityApi(service, notifier), api_keys, max_concurrent_calls)
     server.add_generic_rpc_handlers(edge.handlers())
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable([*SERVICE_NAMES, health.SERVICE_NAME], server)
@@ -127,11 +137,29 @@ async def create_server(
     if port == 0:
         raise RuntimeError(f"could not listen on {address}")
     await server.start()
-    running = RunningServer(server, health_servicer, port, monitor, uow, database_url, pool_size)
+    running = RunningServer(server, health_servicer, port, monitor, uow, database_url, pool_size, notifier)
     holder.append(running)
     await running.set_serving(True)
     monitor.start()
+    notifier.start()
+    running.janitor = asyncio.get_running_loop().create_task(purge_events_forever(service), name="event-retention")
     return running
+
+
+RETENTION_INTERVAL_S = 300.0
+
+
+async def purge_events_forever(service: IdentityService, interval: float = RETENTION_INTERVAL_S) -> None:
+    """Retention (R52): every few minutes, each worker deletes events older than their
+    workspace's setting, in bounded batches (a second worker doing the same finds little)."""
+    while True:
+        await asyncio.sleep(interval * random.uniform(0.5, 1.5))
+        try:
+            purged = await service.purge_expired_events()
+            if purged:
+                log.info("purged %d change-log events past their retention", purged)
+        except Exception:  # noqa: BLE001 - the next round tries again
+            log.warning("change-log retention clean-up failed; retrying later", exc_info=True)
 
 
 def new_event_loop(kind: str = "uvloop") -> Callable[[], asyncio.AbstractEventLoop]:

@@ -4,18 +4,42 @@ transaction owned by the unit of work (R40). The rules core decides; this module
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-from typing import Callable
+import base64
+import binascii
+import json
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
+from typing import AsyncIterator, Callable
 
 from service.db.repository import Lock, Repository
 from service.db.unit_of_work import UnitOfWork
-from service.domain import Field, IdentifyInput, IdentifyResult, Person, Ref, Settings
-from service.errors import AlreadyExists, DeadlineExceeded, DomainError, Unavailable
-from service.rules import identifiers, identify, modes
+from service import metrics
+from service.db.notifier import Closing, Notifier
+from service.domain import (
+    Call,
+    Changed,
+    Explanation,
+    Field,
+    IdentifyInput,
+    IdentifyResult,
+    Match,
+    Merged,
+    Person,
+    Ref,
+    Settings,
+    Unmerged,
+)
+from service.errors import AlreadyExists, DeadlineExceeded, DomainError, OutOfRange, Unavailable, invalid
+from service.rules import events, identifiers, identify, merges, modes
 from service.rules.decisions import Decision, Lookup
+from service.rules.events import Recorded
 from service.rules.validation import check_workspace_id, new_cio_id, raise_if, require_workspace
 
 MODE_CHANGE_STATEMENT_CAP_S = 600.0
+FEED_PAGE = 500  # events read per query by a change-feed stream: its memory bound (R52)
+HISTORY_PAGE_DEFAULT, HISTORY_PAGE_MAX = 100, 1000
+MAX_MERGE_DEPTH = 100  # merges followed from a person, for its history (R53) and erasure (R54)
+PURGE_BATCH = 1000
 
 
 def _now() -> datetime:
@@ -32,61 +56,118 @@ class IdentityService:
         self.uow = uow
 
     async def _write_person(
-        self, method: str, workspace_id: str, lookup: Lookup, decide: Decide
-    ) -> tuple[Settings, Decision]:
+        self, call: Call, workspace_id: str, lookup: Lookup, decide: Decide
+    ) -> tuple[Settings, Decision, Explanation]:
         """The shape shared by every write to people: in one statement the settings are read and
-        held steady and the people of the lookup found and locked; then the decision is staged,
-        to be sent with the COMMIT."""
+        held steady and the people of the lookup found and locked; then the decision and its
+        events (R50) are staged, to be sent with the COMMIT. A dry run (R71) stages nothing."""
 
-        async def work(repo: Repository) -> tuple[Settings, Decision]:
+        async def work(repo: Repository) -> tuple[Settings, Decision, Explanation]:
             found, people = await repo.load(workspace_id, lookup, Lock.SHARE)
             settings = require_workspace(found, workspace_id)
             decision = decide(settings, people)
-            repo.stage(settings, decision)
-            return settings, decision
+            if not call.validate_only:
+                repo.stage(settings, decision)
+                if decision.erase:
+                    repo.stage_erasure(workspace_id, await _merged_closure(repo, workspace_id, [decision.person.cio_id]))
+                repo.stage_events(workspace_id, events.events_for(settings, decision, people), call)
+            return settings, decision, Explanation(decision.rule, identifiers.matches_of(settings, lookup, people))
 
-        return await self.uow.run(method, work)
+        return await self.uow.run(call.method, work)
 
-    async def identify(self, req: IdentifyInput) -> IdentifyResult:
+    async def identify(self, req: IdentifyInput, call: Call = Call("Identify")) -> IdentifyResult:
         lookup = identify.identify_lookup(req)
-        settings, decision = await self._write_person(
-            "Identify",
+        settings, decision, why = await self._write_person(
+            call,
             req.workspace_id,
             lookup,
             lambda s, people: identify.decide_identify(s, req, people, _now(), new_cio_id()),
         )
         assert decision.outcome is not None
-        return IdentifyResult(modes.presented(settings.mode, decision.person), decision.outcome, decision.deleted)
+        return IdentifyResult(modes.presented(settings.mode, decision.person), decision.outcome, decision.deleted, why)
 
-    async def update_identifier(self, workspace_id: str, ref: Ref, field: Field, value: str) -> Person:
+    async def update_identifier(
+        self, workspace_id: str, ref: Ref, field: Field, value: str, call: Call = Call("UpdateIdentifier")
+    ) -> Changed:
         lookup = identifiers.update_identifier_lookup(workspace_id, ref, field, value)
-        settings, decision = await self._write_person(
-            "UpdateIdentifier",
+        settings, decision, why = await self._write_person(
+            call,
             workspace_id,
             lookup,
             lambda s, people: identifiers.decide_update_identifier(s, ref, field, value, people, _now()),
         )
-        return modes.presented(settings.mode, decision.person)
+        return Changed(modes.presented(settings.mode, decision.person), why)
 
-    async def delete_identifier(self, workspace_id: str, ref: Ref, field: Field) -> Person:
+    async def delete_identifier(
+        self, workspace_id: str, ref: Ref, field: Field, call: Call = Call("DeleteIdentifier")
+    ) -> Changed:
         lookup = identifiers.delete_identifier_lookup(workspace_id, ref, field)
-        settings, decision = await self._write_person(
-            "DeleteIdentifier",
+        settings, decision, why = await self._write_person(
+            call,
             workspace_id,
             lookup,
             lambda s, people: identifiers.decide_delete_identifier(s, ref, field, people, _now()),
         )
-        return modes.presented(settings.mode, decision.person)
+        return Changed(modes.presented(settings.mode, decision.person), why)
 
-    async def delete_person(self, workspace_id: str, ref: Ref) -> str:
+    async def delete_person(
+        self, workspace_id: str, ref: Ref, erase: bool = False, call: Call = Call("DeletePerson")
+    ) -> str:
         lookup = identifiers.ref_lookup(workspace_id, ref)
-        _, decision = await self._write_person(
-            "DeletePerson",
+        _, decision, _ = await self._write_person(
+            call,
             workspace_id,
             lookup,
-            lambda s, people: identifiers.decide_delete_person(s, ref, people),
+            lambda s, people: identifiers.decide_delete_person(s, ref, people, erase),
         )
         return decision.person.cio_id
+
+    async def merge_people(
+        self, workspace_id: str, primary: Ref, secondary: Ref, call: Call = Call("MergePeople")
+    ) -> Merged:
+        """R60: one transaction; the MERGED event's sequence is the response's, so it is
+        appended before the COMMIT rather than with it."""
+        lookup = merges.merge_lookup(workspace_id, primary, secondary)
+
+        async def work(repo: Repository) -> Merged:
+            found, people = await repo.load(workspace_id, lookup, Lock.SHARE)
+            settings = require_workspace(found, workspace_id)
+            decision = merges.decide_merge(settings, primary, secondary, people, _now())
+            sequence = 0
+            if not call.validate_only:
+                repo.stage(settings, decision)
+                (sequence,) = await repo.append_events_now(
+                    workspace_id, events.events_for(settings, decision, people), call
+                )
+            why = Explanation(decision.rule, identifiers.matches_of(settings, lookup, people))
+            return Merged(modes.presented(settings.mode, decision.person), decision.deleted[0], sequence, why)
+
+        return await self.uow.run(call.method, work)
+
+    async def unmerge_people(self, workspace_id: str, merge_sequence: int, call: Call = Call("UnmergePeople")) -> Unmerged:
+        """R62: the merge's record read, then its people locked and judged, in one transaction."""
+        raise_if(check_workspace_id(workspace_id))
+        if merge_sequence <= 0:
+            raise invalid("merge_sequence", "must be the positive sequence of a MERGED event", "INVALID_SEQUENCE")
+
+        async def work(repo: Repository) -> Unmerged:
+            merge = await repo.event(workspace_id, merge_sequence)
+            if merge is None:
+                require_workspace(await repo.settings(workspace_id), workspace_id)
+            merge = merges.require_merge(merge, merge_sequence)
+            found, people = await repo.load(workspace_id, merges.unmerge_lookup(merge), Lock.SHARE)
+            settings = require_workspace(found, workspace_id)
+            undone = await repo.undone(workspace_id, merge_sequence)
+            decision = merges.decide_unmerge(settings, merge, undone, people, _now())
+            if not call.validate_only:
+                repo.stage(settings, decision)
+                repo.stage_events(workspace_id, events.events_for(settings, decision, people), call)
+            assert decision.restored is not None
+            return Unmerged(
+                modes.presented(settings.mode, decision.person), modes.presented(settings.mode, decision.restored)
+            )
+
+        return await self.uow.run(call.method, work)
 
     async def import_rows(
         self, workspace_id: str, rows: list[tuple[int, IdentifyInput | DomainError]]
@@ -101,7 +182,7 @@ class IdentityService:
                 results.append((number, row))
                 continue
             try:
-                results.append((number, await self.identify(row)))
+                results.append((number, await self.identify(row, Call("ImportPeople"))))
             except (Unavailable, DeadlineExceeded):
                 raise
             except DomainError as refusal:
@@ -167,3 +248,141 @@ class IdentityService:
         # A mode change checks and rekeys every person of the workspace: allow it more than the
         # session's cap per statement (the client's deadline still bounds it).
         return await self.uow.run("UpdateSettings", work, cap=MODE_CHANGE_STATEMENT_CAP_S)
+
+    # --- the change log (R51-R54) ---
+
+    async def list_person_history(
+        self, workspace_id: str, ref: Ref, page_size: int, page_token: str
+    ) -> tuple[list[Recorded], str]:
+        """R53: newest first, the person's events and those of the people merged into it. A
+        cio_id may name a person merged away or deleted; an id or email names one who exists."""
+        lookup = identifiers.ref_lookup(workspace_id, ref)
+        if page_size < 0 or page_size > HISTORY_PAGE_MAX:
+            raise invalid("page_size", f"must be 0 (the default, {HISTORY_PAGE_DEFAULT}) to {HISTORY_PAGE_MAX}", "INVALID_PAGE_SIZE")
+        limit = page_size or HISTORY_PAGE_DEFAULT
+        before = _history_token_before(page_token, workspace_id, ref) if page_token else 2**62
+
+        async def work(repo: Repository) -> tuple[list[Recorded], str]:
+            found, people = await repo.load(workspace_id, lookup, Lock.NONE)
+            settings = require_workspace(found, workspace_id)
+            if ref.field == Field.CIO_ID:
+                root = ref.value
+            else:
+                root = identifiers.resolve(settings, people, ref).cio_id
+            closure = await _merged_closure(repo, workspace_id, [root])
+            page = await repo.history(workspace_id, closure, before, limit + 1)
+            if not page and not page_token and not people:
+                identifiers.resolve(settings, people, ref)  # nobody, and no history: NOT_FOUND
+            more = len(page) > limit
+            page = page[:limit]
+            token = _history_token(workspace_id, ref, page[-1].sequence) if more else ""
+            return page, token
+
+        return await self.uow.run("ListPersonHistory", work, read_only=True)
+
+    async def _feed_cursor(self, workspace_id: str, after: int) -> int:
+        """R52: where a stream starts. 0 is the oldest event kept; a cursor older than what is
+        kept is OUT_OF_RANGE, naming the oldest sequence available."""
+        raise_if(check_workspace_id(workspace_id))
+        if after < 0:
+            raise invalid("after_sequence", "must be 0 or a sequence received before", "INVALID_SEQUENCE")
+
+        async def work(repo: Repository) -> int:
+            require_workspace(await repo.settings(workspace_id), workspace_id)
+            last, oldest = await repo.feed_bounds(workspace_id)
+            first_kept = oldest if oldest is not None else last + 1
+            if after == 0:
+                return first_kept - 1
+            if after < first_kept - 1:
+                raise OutOfRange(
+                    "CURSOR_TOO_OLD",
+                    f"events after {after} are no longer kept (retention); the oldest available is {first_kept}",
+                    {"field": "after_sequence", "oldest_sequence": str(first_kept)},
+                )
+            if after > last:
+                raise OutOfRange(
+                    "CURSOR_AHEAD",
+                    f"no event {after} was ever appended; the last is {last}",
+                    {"field": "after_sequence", "last_sequence": str(last)},
+                )
+            return after
+
+        return await self.uow.run("WatchChanges", work, read_only=True)
+
+    async def watch_changes(self, workspace_id: str, after: int, notifier: Notifier) -> AsyncIterator[Recorded]:
+        """R52: every event after `after`, in order, then each new one as it commits, until the
+        caller stops iterating. At most FEED_PAGE events are held at a time, whatever the
+        reader's speed: a slow reader is paced by its stream's flow control and re-reads
+        from the table. Sequences have no gaps (each transaction takes the next number and a
+        rolled-back one gives it back), so a gap means retention purged events the stream had
+        not read yet: OUT_OF_RANGE, as for a resumed cursor."""
+        cursor = start = await self._feed_cursor(workspace_id, after)
+        with notifier.subscribe(workspace_id) as wakeup:
+            while True:
+                at = cursor
+                page = await self.uow.run(
+                    "WatchChanges", lambda repo: repo.events_after(workspace_id, at, FEED_PAGE), read_only=True
+                )
+                if page and page[0].sequence != cursor + 1:
+                    raise OutOfRange(
+                        "CURSOR_TOO_OLD",
+                        f"events after {cursor} were purged (retention) before this stream read them",
+                        {"field": "after_sequence", "oldest_sequence": str(page[0].sequence)},
+                    )
+                live = cursor > start  # past the catch-up: the lag is commit-to-delivery
+                for record in page:
+                    if live:
+                        metrics.FEED_LAG.observe(max(0.0, (_now() - record.commit_time).total_seconds()))
+                    yield record
+                    cursor = record.sequence
+                if len(page) < FEED_PAGE:
+                    try:
+                        await wakeup.wait()
+                    except Closing:
+                        raise Unavailable("SERVER_STOPPING", "the server is stopping; resume on another") from None
+
+    async def purge_expired_events(self, batch: int = PURGE_BATCH) -> int:
+        """Retention (R52): deletes each workspace's events older than its setting, in bounded
+        batches (one transaction each), and returns how many went."""
+        workspaces = await self.uow.run("PurgeEvents", lambda repo: repo.retention_settings(), read_only=True)
+        purged = 0
+        for workspace_id, days in workspaces:
+            cutoff = _now() - timedelta(days=days)
+            while True:
+                count = await self.uow.run(
+                    "PurgeEvents", lambda repo: repo.purge_events(workspace_id, cutoff, batch)
+                )
+                purged += count
+                if count < batch:
+                    break
+        return purged
+
+
+async def _merged_closure(repo: Repository, workspace_id: str, cio_ids: list[str]) -> list[str]:
+    """The people given and everyone merged into them, transitively (R53, R54)."""
+    seen = list(cio_ids)
+    frontier = list(cio_ids)
+    for _ in range(MAX_MERGE_DEPTH):
+        frontier = [c for c in dict.fromkeys(await repo.merged_into(workspace_id, frontier)) if c not in seen]
+        if not frontier:
+            break
+        seen += frontier
+    return seen
+
+
+def _history_token(workspace_id: str, ref: Ref, before: int) -> str:
+    raw = json.dumps([workspace_id, ref.field.value, ref.value, before]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _history_token_before(token: str, workspace_id: str, ref: Ref) -> int:
+    """AIP-158: a token is only valid for the request that produced it."""
+    try:
+        padded = token + "=" * (-len(token) % 4)
+        ws, field, value, before = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
+        valid = [ws, field, value] == [workspace_id, ref.field.value, ref.value] and isinstance(before, int)
+    except (ValueError, TypeError, binascii.Error, UnicodeError):
+        valid = False
+    if not valid:
+        raise invalid("page_token", "is not a token of this request's previous page", "INVALID_PAGE_TOKEN")
+    return before

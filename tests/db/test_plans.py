@@ -326,6 +326,14 @@ def cases(ws: Workspace) -> list[Case]:
              "email_norm": None, "id_key": new_keys.id_key, "email_key": None},
         )  # fmt: skip
     )
+    event = {
+        "workspace_id": ws.name, "cio_id": p.cio_id, "kind": "UPDATED", "merged_cio_id": None, "undoes": None,
+        "rpc": "Identify", "request_id": "", "body": Jsonb({}),
+    }  # fmt: skip
+    out.append(Case("append_event", "next", event))
+    out.append(Case("notify", "-", {"workspace_id": ws.name}))
+    out.append(Case("events_after", "from the start", {"workspace_id": ws.name, "after": 0, "limit": 3}))
+    out.append(Case("events_after", "past the end", {"workspace_id": ws.name, "after": 10**12, "limit": 3}))
     return out
 
 
@@ -424,10 +432,10 @@ def test_the_load_returns_the_settings_then_each_person_found_once_in_cio_id_ord
                 rows = prepared.execute(statement, lookup)
                 settings = ("both", "EMAIL_OR_ID", True, False, True)
                 assert [row[:5] for row in rows] == [settings] * 3
-                assert [row[5] for row in rows] == sorted([p.cio_id, q.cio_id, r.cio_id])
-                assert {row[5]: row[6:9] for row in rows}[q.cio_id] == (q.id, q.email, q.attributes)
+                assert [row[6] for row in rows] == sorted([p.cio_id, q.cio_id, r.cio_id])
+                assert {row[6]: row[7:10] for row in rows}[q.cio_id] == (q.id, q.email, q.attributes)
                 # Nobody found: the settings alone, the person's columns NULL.
-                assert prepared.execute(statement, _lookup(ws.name, ids=("nobody",))) == [settings + (None,) * 6]
+                assert prepared.execute(statement, _lookup(ws.name, ids=("nobody",))) == [settings + (30,) + (None,) * 6]
                 elsewhere = _lookup("no-such-workspace", ids=(p.id,))  # type: ignore[arg-type]
                 assert prepared.execute(statement, elsewhere) == []
 
@@ -463,7 +471,7 @@ def test_a_locked_load_waits_for_a_concurrent_change_and_sees_its_outcome(
     with _connect(plans_url) as first, _connect(plans_url) as second, _connect(plans_url) as watcher:
         mine, theirs = Prepared(first, load_only), Prepared(second, load_only)
         first.execute("BEGIN")
-        assert [row[5] for row in mine.execute("load_share", lookup)] == [p.cio_id]
+        assert [row[6] for row in mine.execute("load_share", lookup)] == [p.cio_id]
         first.execute(change, (ws.name, p.cio_id))
         result: list[Any] = []
 
@@ -481,9 +489,9 @@ def test_a_locked_load_waits_for_a_concurrent_change_and_sees_its_outcome(
             thread.join(10)
         assert len(result) == 1
         if found == "nobody":
-            assert result[0][5] is None
+            assert result[0][6] is None
         else:
-            assert result[0][5] == p.cio_id and result[0][8] == {"plan": "team"}
+            assert result[0][6] == p.cio_id and result[0][9] == {"plan": "team"}
 
 
 def test_a_locked_load_locks_its_people_in_cio_id_order_whatever_the_lookup_order(
@@ -518,9 +526,9 @@ def test_a_locked_load_locks_its_people_in_cio_id_order_whatever_the_lookup_orde
             _wait_until_blocked(watcher, theirs_conn.info.backend_pid)
             # It waits for the first person and holds nothing else: the second is free.
             rows = mine.execute("load_share", _lookup(ws.name, (second_person.cio_id,)))
-            assert [row[5] for row in rows] == [second_person.cio_id]
+            assert [row[6] for row in rows] == [second_person.cio_id]
         finally:
             mine_conn.execute("COMMIT")
             thread.join(10)
         assert not failure, failure
-        assert [row[5] for row in result] == [first_person.cio_id, second_person.cio_id]
+        assert [row[6] for row in result] == [first_person.cio_id, second_person.cio_id]

@@ -59,14 +59,14 @@ def test_create_workspace_without_settings_has_the_defaults(workspace_stub, stub
     workspace = new_workspace(workspace_stub)
     assert settings_of(stub, workspace) == pb.WorkspaceSettings(
         workspace_id=workspace, identifier_mode=EMAIL_OR_ID, email_updatable_by_id=True,
-        sole_identifier_updatable=False, auto_merge=True)
+        sole_identifier_updatable=False, auto_merge=True, event_retention_days=30)
 
 
 def test_create_workspace_takes_given_settings_as_given(workspace_stub, stub):
     given = pb.WorkspaceSettings(identifier_mode=ID_ONLY, email_updatable_by_id=False,
                                  sole_identifier_updatable=True, auto_merge=False)
     workspace = new_workspace(workspace_stub, given)
-    expected = pb.WorkspaceSettings(workspace_id=workspace)
+    expected = pb.WorkspaceSettings(workspace_id=workspace, event_retention_days=30)
     expected.MergeFrom(given)
     assert settings_of(stub, workspace) == expected
 
@@ -295,7 +295,7 @@ def test_r2_validate_only_accepts_and_stores_nothing(workspace_stub, stub, peopl
                     identifier_mode=ID_ONLY, auto_merge=False)
     assert answer == pb.WorkspaceSettings(workspace_id=workspace, identifier_mode=ID_ONLY,
                                           email_updatable_by_id=True, sole_identifier_updatable=False,
-                                          auto_merge=False)
+                                          auto_merge=False, event_retention_days=30)
     assert settings_of(stub, workspace) == before
     assert people_rows(workspace) == rows
     # Email still is an identifier.
@@ -310,7 +310,7 @@ def test_r2_update_mask_changes_only_the_named_fields(workspace_stub, stub):
     answer = update(workspace_stub, workspace, ["auto_merge"], identifier_mode=ID_ONLY,
                     sole_identifier_updatable=True, auto_merge=False)
     expected = pb.WorkspaceSettings(workspace_id=workspace, identifier_mode=EMAIL_OR_ID, email_updatable_by_id=True,
-                                    sole_identifier_updatable=False, auto_merge=False)
+                                    sole_identifier_updatable=False, auto_merge=False, event_retention_days=30)
     assert answer == expected
     assert settings_of(stub, workspace) == expected
 
@@ -327,7 +327,7 @@ def test_r2_update_mask_star_replaces_every_field(workspace_stub, stub):
     update(workspace_stub, workspace, ["*"], identifier_mode=EMAIL_ONLY, sole_identifier_updatable=True)
     assert settings_of(stub, workspace) == pb.WorkspaceSettings(
         workspace_id=workspace, identifier_mode=EMAIL_ONLY, email_updatable_by_id=False,
-        sole_identifier_updatable=True, auto_merge=False)
+        sole_identifier_updatable=True, auto_merge=False, event_retention_days=30)
 
 
 def test_r2_no_update_mask_changes_the_fields_with_non_default_values(workspace_stub, stub):
@@ -335,7 +335,7 @@ def test_r2_no_update_mask_changes_the_fields_with_non_default_values(workspace_
     update(workspace_stub, workspace, None, identifier_mode=ID_ONLY, sole_identifier_updatable=True)
     assert settings_of(stub, workspace) == pb.WorkspaceSettings(
         workspace_id=workspace, identifier_mode=ID_ONLY, email_updatable_by_id=True,
-        sole_identifier_updatable=True, auto_merge=True)
+        sole_identifier_updatable=True, auto_merge=True, event_retention_days=30)
 
 
 def test_r2_the_workspace_id_in_settings_is_output_only(workspace_stub, stub):

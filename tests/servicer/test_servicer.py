@@ -92,7 +92,7 @@ def test_get_settings(server, workspace):
     assert response.settings == pb.WorkspaceSettings(workspace_id=workspace,
                                                      identifier_mode=pb.IDENTIFIER_MODE_EMAIL_OR_ID,
                                                      email_updatable_by_id=True, sole_identifier_updatable=False,
-                                                     auto_merge=True)
+                                                     auto_merge=True, event_retention_days=30)
 
 
 def test_a_refusal_carries_its_code_and_error_info_in_the_trailing_metadata(server, workspace):

@@ -1,0 +1,381 @@
+"""The change log through the public API (R50-R54), explicit merges and their undo (R60-R62),
+dry runs (R71) and explanations (R72): a real server over a real channel, a real Postgres."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import grpc
+import pytest
+import sqlalchemy as sa
+from google.protobuf import json_format
+
+from identity.v1 import identity_pb2 as pb
+from service.domain import Mode
+from tests.e2e.helpers import EMAIL, ID, refused
+
+KIND = pb.PersonEventKind
+
+
+def identify(stub: Any, ws: str, **fields: Any) -> pb.IdentifyResponse:
+    attributes = fields.pop("attributes", None)
+    request = pb.IdentifyRequest(workspace_id=ws, **fields)
+    if attributes is not None:
+        request.attributes.update(attributes)
+    return stub.Identify(request, timeout=10)
+
+
+def feed(stub: Any, ws: str, after: int = 0, count: int | None = None, timeout: float = 10) -> list[pb.PersonEvent]:
+    """The events after `after`: `count` of them (then the stream is cancelled), or all those
+    already there (read until the stream goes quiet for a moment)."""
+    call = stub.WatchChanges(pb.WatchChangesRequest(workspace_id=ws, after_sequence=after), timeout=timeout)
+    events: list[pb.PersonEvent] = []
+    if count is None:
+        last = feed_last(stub, ws)
+        count = last - after
+    try:
+        for response in call:
+            events.append(response.event)
+            if len(events) >= count:
+                break
+    finally:
+        call.cancel()
+    return events
+
+
+def feed_last(stub: Any, ws: str) -> int:
+    history_max = 0
+    # The last sequence: the newest events of everyone are not listable without a person, so
+    # read the feed from the start with a short deadline and keep the last one seen.
+    call = stub.WatchChanges(pb.WatchChangesRequest(workspace_id=ws), timeout=1.5)
+    try:
+        for response in call:
+            history_max = response.event.sequence
+    except grpc.RpcError as error:
+        assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED, error
+    return history_max
+
+
+def history(stub: Any, ws: str, page_size: int = 0, page_token: str = "", **ref: str) -> pb.ListPersonHistoryResponse:
+    return stub.ListPersonHistory(
+        pb.ListPersonHistoryRequest(workspace_id=ws, person=pb.PersonRef(**ref), page_size=page_size, page_token=page_token),
+        timeout=10,
+    )
+
+
+def changes(event: pb.PersonEvent) -> dict[str, tuple[Any, Any]]:
+    def value(message: pb.PersonEvent, name: str) -> Any:
+        return json_format.MessageToDict(getattr(message, name)) if message.HasField(name) else None
+
+    return {c.name: (value(c, "old_value"), value(c, "new_value")) for c in event.attribute_changes}
+
+
+# --------------------------------------------------------------------------- R50, R51
+
+
+def test_r50_each_change_appends_one_event_with_before_after_and_the_call(stub, workspace):
+    created = identify(stub, workspace, id="u1", email="u1@example.com", attributes={"plan": "free"}, request_id="r-1")
+    identify(stub, workspace, id="u1", attributes={"plan": "pro", "seats": 3})
+    identify(stub, workspace, id="u1", attributes={"plan": "pro"})  # changes nothing: no event
+    stub.UpdateIdentifier(pb.UpdateIdentifierRequest(workspace_id=workspace, person=pb.PersonRef(id="u1"),
+                                                     identifier=EMAIL, value="new@example.com"), timeout=10)
+    stub.DeletePerson(pb.DeletePersonRequest(workspace_id=workspace, person=pb.PersonRef(id="u1")), timeout=10)
+    events = feed(stub, workspace, count=4)
+    assert [e.sequence for e in events] == [1, 2, 3, 4]
+    assert [e.kind for e in events] == [KIND.PERSON_EVENT_KIND_CREATED, KIND.PERSON_EVENT_KIND_UPDATED,
+                                        KIND.PERSON_EVENT_KIND_UPDATED, KIND.PERSON_EVENT_KIND_DELETED]
+    cio = created.person.cio_id
+    assert {e.cio_id for e in events} == {cio}
+    first, second, third, fourth = events
+    assert (first.rpc, first.request_id) == ("Identify", "r-1")
+    assert not first.HasField("identifiers_before")
+    assert (first.identifiers_after.id, first.identifiers_after.email) == ("u1", "u1@example.com")
+    assert changes(first) == {"plan": (None, "free")}
+    assert changes(second) == {"plan": ("free", "pro"), "seats": (None, 3.0)}
+    assert third.rpc == "UpdateIdentifier"
+    assert (third.identifiers_before.email, third.identifiers_after.email) == ("u1@example.com", "new@example.com")
+    assert changes(third) == {}
+    assert fourth.rpc == "DeletePerson" and not fourth.HasField("identifiers_after")
+    assert changes(fourth) == {"plan": ("pro", None), "seats": (3.0, None)}
+    assert all(e.commit_time.seconds > 0 for e in events)
+    assert [e.commit_time.ToDatetime() for e in events] == sorted(e.commit_time.ToDatetime() for e in events)
+
+
+def test_r50_a_refused_call_and_a_dry_run_append_nothing(stub, workspace):
+    identify(stub, workspace, id="a1", email="a1@example.com")
+    identify(stub, workspace, id="b1", email="b1@example.com")
+    refused(stub.UpdateIdentifier, pb.UpdateIdentifierRequest(
+        workspace_id=workspace, person=pb.PersonRef(id="a1"), identifier=EMAIL, value="b1@example.com"),
+        grpc.StatusCode.ALREADY_EXISTS, timeout=10)
+    dry = identify(stub, workspace, id="c1", validate_only=True)
+    assert dry.outcome == pb.IDENTIFY_OUTCOME_CREATED
+    refused(stub.GetPerson, pb.GetPersonRequest(workspace_id=workspace, person=pb.PersonRef(id="c1")),
+            grpc.StatusCode.NOT_FOUND, timeout=10)
+    assert [e.sequence for e in feed(stub, workspace)] == [1, 2]
+
+
+def test_r51_sequence_order_is_commit_order(engine, database_url, workspace, stub):
+    """Two transactions: the first takes a number and holds its commit; the second appends and
+    commits meanwhile. With a number taken at insert time (a sequence), the second would commit
+    8 while 7 is invisible, and a reader that saw 8 would never see 7. Here the second waits for
+    the first's commit, and a reader never sees a number above one it has not seen."""
+    import psycopg
+
+    from service.db.engine import libpq_url
+    from service.db.statements import APPEND_EVENT_SQL
+
+    def append(conn: psycopg.Connection, cio: str) -> int:
+        row = conn.execute(APPEND_EVENT_SQL, {
+            "workspace_id": workspace, "cio_id": cio, "kind": "UPDATED", "merged_cio_id": None, "undoes": None,
+            "rpc": "test", "request_id": "", "body": psycopg.types.json.Jsonb({})}).fetchone()
+        return row[0]
+
+    url = libpq_url(database_url)
+    with psycopg.connect(url) as first, psycopg.connect(url, autocommit=True) as watcher:
+        taken_first = append(first, "a" * 20)  # not committed yet
+        second_result: list[int] = []
+
+        def second() -> None:
+            with psycopg.connect(url) as conn:
+                second_result.append(append(conn, "b" * 20))
+                conn.commit()
+
+        thread = threading.Thread(target=second)
+        thread.start()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # the second waits on the first's counter lock
+            waiting = watcher.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%%event_sequences%%'"
+            ).fetchone()[0]
+            if waiting:
+                break
+            time.sleep(0.02)
+        visible = watcher.execute("SELECT sequence FROM person_events WHERE workspace_id = %s", (workspace,)).fetchall()
+        assert visible == [], "nothing is visible before the first commit"
+        first.commit()
+        thread.join(20)
+    assert second_result == [taken_first + 1]
+    assert [e.sequence for e in feed(stub, workspace)] == [taken_first, taken_first + 1]
+
+
+# --------------------------------------------------------------------------- R52
+
+
+def test_r52_a_stream_sends_what_is_there_then_each_new_event_and_resumes_exactly(stub, workspace):
+    for n in range(3):
+        identify(stub, workspace, id=f"w{n}")
+    received: list[pb.PersonEvent] = []
+    call = stub.WatchChanges(pb.WatchChangesRequest(workspace_id=workspace), timeout=30)
+
+    def read() -> None:
+        try:
+            for response in call:
+                received.append(response.event)
+        except grpc.RpcError:
+            pass
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    _wait(lambda: len(received) == 3)
+    identify(stub, workspace, id="w3")
+    identify(stub, workspace, id="w0", attributes={"x": 1})
+    _wait(lambda: len(received) == 5)
+    call.cancel()
+    reader.join(10)
+    assert [e.sequence for e in received] == [1, 2, 3, 4, 5]
+    # Resuming after 3 repeats nothing and loses nothing.
+    assert [e.sequence for e in feed(stub, workspace, after=3, count=2)] == [4, 5]
+
+
+def test_r52_cursors_out_of_range_and_unknown_workspaces(stub, workspace):
+    identify(stub, workspace, id="o1")
+    ahead = refused(lambda r, **k: list(stub.WatchChanges(r, **k)),
+                    pb.WatchChangesRequest(workspace_id=workspace, after_sequence=99), grpc.StatusCode.OUT_OF_RANGE,
+                    timeout=10)
+    assert ahead.reason == "CURSOR_AHEAD" and ahead.metadata["last_sequence"] == "1"
+    refused(lambda r, **k: list(stub.WatchChanges(r, **k)), pb.WatchChangesRequest(workspace_id="no-such-ws"),
+            grpc.StatusCode.NOT_FOUND, timeout=10)
+    bad = refused(lambda r, **k: list(stub.WatchChanges(r, **k)),
+                  pb.WatchChangesRequest(workspace_id=workspace, after_sequence=-1), grpc.StatusCode.INVALID_ARGUMENT,
+                  timeout=10)
+    assert bad.fields == ["after_sequence"]
+
+
+def test_r52_retention_purges_old_events_and_an_old_cursor_is_out_of_range(stub, workspace, engine, server):
+    for n in range(4):
+        identify(stub, workspace, id=f"p{n}")
+    with engine.begin() as conn:  # the first two events committed 40 days ago
+        conn.execute(sa.text("UPDATE person_events SET commit_time = now() - interval '40 days' "
+                             "WHERE workspace_id = :ws AND sequence <= 2"), {"ws": workspace})
+    purged = server.call(_purge(server))
+    assert purged >= 2
+    too_old = refused(lambda r, **k: list(stub.WatchChanges(r, **k)),
+                      pb.WatchChangesRequest(workspace_id=workspace, after_sequence=1), grpc.StatusCode.OUT_OF_RANGE,
+                      timeout=10)
+    assert too_old.reason == "CURSOR_TOO_OLD" and too_old.metadata["oldest_sequence"] == "3"
+    assert [e.sequence for e in feed(stub, workspace, after=2, count=2)] == [3, 4]
+    assert [e.sequence for e in feed(stub, workspace, after=0, count=2)] == [3, 4]  # 0: the oldest kept
+
+
+async def _purge(server: Any) -> int:
+    from service.usecases import IdentityService
+
+    return await IdentityService(server.running.uow).purge_expired_events(batch=1)
+
+
+# --------------------------------------------------------------------------- R53
+
+
+def test_r53_history_is_newest_first_follows_merges_and_pages(stub, workspace):
+    a = identify(stub, workspace, id="h1", attributes={"n": 1}).person.cio_id
+    b = identify(stub, workspace, email="h1@example.com", attributes={"m": 2}).person.cio_id
+    identify(stub, workspace, email="h1@example.com", attributes={"m": 3})
+    merged = identify(stub, workspace, id="h1", email="h1@example.com")  # R13
+    assert merged.outcome == pb.IDENTIFY_OUTCOME_MERGED and merged.person.cio_id == a
+    events = history(stub, workspace, id="h1").events
+    assert [e.sequence for e in events] == [4, 3, 2, 1]
+    assert events[0].kind == KIND.PERSON_EVENT_KIND_MERGED and events[0].merged_cio_id == b
+    assert events[0].merged_person.email == "h1@example.com"
+    # The merged-away cio_id still has its history (its own events and the merge that took it).
+    assert [e.sequence for e in history(stub, workspace, cio_id=b).events] == [4, 3, 2]
+    # Pages of 3, then 1, the token tied to the request.
+    page = history(stub, workspace, page_size=3, cio_id=a)
+    assert [e.sequence for e in page.events] == [4, 3, 2] and page.next_page_token
+    rest = history(stub, workspace, page_size=3, page_token=page.next_page_token, cio_id=a)
+    assert [e.sequence for e in rest.events] == [1] and rest.next_page_token == ""
+    bad = refused(stub.ListPersonHistory, pb.ListPersonHistoryRequest(
+        workspace_id=workspace, person=pb.PersonRef(cio_id=b), page_token=page.next_page_token),
+        grpc.StatusCode.INVALID_ARGUMENT, timeout=10)
+    assert bad.fields == ["page_token"]
+    refused(stub.ListPersonHistory, pb.ListPersonHistoryRequest(
+        workspace_id=workspace, person=pb.PersonRef(cio_id="0" * 20)), grpc.StatusCode.NOT_FOUND, timeout=10)
+
+
+# --------------------------------------------------------------------------- R54
+
+
+def test_r54_erasure_leaves_tombstones_and_no_value_anywhere(stub, workspace, engine):
+    secret_email, secret_id, secret_value = "erase.me@example.com", "erase-id-7", "secret-plan-value"
+    a = identify(stub, workspace, id=secret_id, attributes={"plan": secret_value}).person.cio_id
+    identify(stub, workspace, email=secret_email, attributes={"note": "from-b-" + secret_value})
+    identify(stub, workspace, id=secret_id, email=secret_email)  # R13 merges b into a
+    keep = identify(stub, workspace, id="keeper", attributes={"plan": "other"}).person.cio_id
+    stub.DeletePerson(pb.DeletePersonRequest(workspace_id=workspace, person=pb.PersonRef(cio_id=a), erase=True),
+                      timeout=10)
+    events = feed(stub, workspace, count=5)
+    erased = [e for e in events if e.cio_id != keep]
+    assert {e.kind for e in erased} == {KIND.PERSON_EVENT_KIND_ERASED}
+    for event in erased:  # only sequence, kind and cio_id remain (and the erasing call's name)
+        assert not event.HasField("identifiers_before") and not event.HasField("identifiers_after")
+        assert not event.attribute_changes and not event.merged_cio_id
+        assert event.rpc == ("DeletePerson" if event is erased[-1] else "")
+    assert [e.kind for e in events if e.cio_id == keep] == [KIND.PERSON_EVENT_KIND_CREATED]
+    with engine.connect() as conn:
+        tables = [r[0] for r in conn.execute(sa.text(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"))]
+        for table in tables:
+            dump = conn.execute(sa.text(f'SELECT t::text FROM "{table}" t')).scalars().all()
+            for secret in (secret_email, secret_id, secret_value):
+                assert not [row for row in dump if secret in row], (table, secret)
+
+
+# --------------------------------------------------------------------------- R60-R62
+
+
+def test_r60_r62_an_explicit_merge_is_explained_and_undone_exactly(stub, make_workspace):
+    ws = make_workspace(Mode.EMAIL_OR_ID, auto_merge=False)
+    p = identify(stub, ws, id="m1", attributes={"plan": "pro", "color": ""}).person
+    s = identify(stub, ws, email="m2@example.com", attributes={"plan": "free", "color": "red", "age": 5}).person
+    merged = stub.MergePeople(pb.MergePeopleRequest(workspace_id=ws, primary=pb.PersonRef(id="m1"),
+                                                    secondary=pb.PersonRef(email="m2@example.com")), timeout=10)
+    assert merged.person.cio_id == p.cio_id and merged.merged_cio_id == s.cio_id and merged.merge_sequence == 3
+    assert (merged.person.id, merged.person.email) == ("m1", "m2@example.com")
+    assert json_format.MessageToDict(merged.person.attributes) == {"plan": "pro", "color": "red", "age": 5}
+    assert merged.decision.rule == "R60"
+    assert {(m.value, m.matched_cio_id) for m in merged.decision.matches} == {("m1", p.cio_id),
+                                                                             ("m2@example.com", s.cio_id)}
+    identify(stub, ws, id="m1", attributes={"age": 6})  # changed since: stays after the undo
+    undone = stub.UnmergePeople(pb.UnmergePeopleRequest(workspace_id=ws, merge_sequence=3), timeout=10)
+    assert (undone.primary.id, undone.primary.HasField("email")) == ("m1", False)
+    assert json_format.MessageToDict(undone.primary.attributes) == {"plan": "pro", "color": "", "age": 6}
+    assert undone.secondary == s.__class__(
+        cio_id=s.cio_id, email=s.email, attributes=s.attributes, create_time=s.create_time,
+        update_time=undone.secondary.update_time)
+    again = refused(stub.UnmergePeople, pb.UnmergePeopleRequest(workspace_id=ws, merge_sequence=3),
+                    grpc.StatusCode.FAILED_PRECONDITION, timeout=10)
+    assert again.reason == "ALREADY_UNMERGED"
+    kinds = [e.kind for e in feed(stub, ws, count=6)][3:]
+    assert kinds == [KIND.PERSON_EVENT_KIND_UPDATED, KIND.PERSON_EVENT_KIND_UNMERGED, KIND.PERSON_EVENT_KIND_UNMERGED]
+
+
+def test_r62_an_automatic_merge_is_undone_and_a_taken_identifier_in_use_is_a_conflict(stub, workspace):
+    a = identify(stub, workspace, id="q1").person
+    b = identify(stub, workspace, email="q1@example.com").person
+    identify(stub, workspace, id="q1", email="q1@example.com")  # R13: event 3
+    stub.UpdateIdentifier(pb.UpdateIdentifierRequest(workspace_id=workspace, person=pb.PersonRef(id="q1"),
+                                                     identifier=EMAIL, value="moved@example.com"), timeout=10)
+    identify(stub, workspace, id="other", email="q1@example.com")
+    conflict = refused(stub.UnmergePeople, pb.UnmergePeopleRequest(workspace_id=workspace, merge_sequence=3),
+                       grpc.StatusCode.FAILED_PRECONDITION, timeout=10)
+    assert conflict.reason == "UNMERGE_CONFLICT" and conflict.metadata["field"] == "email"
+    refused(stub.GetPerson, pb.GetPersonRequest(workspace_id=workspace, person=pb.PersonRef(cio_id=b.cio_id)),
+            grpc.StatusCode.NOT_FOUND, timeout=10)
+    assert stub.GetPerson(pb.GetPersonRequest(workspace_id=workspace, person=pb.PersonRef(cio_id=a.cio_id)),
+                          timeout=10).person.email == "moved@example.com"
+
+
+def test_r60_refusals(stub, workspace):
+    identify(stub, workspace, id="r1")
+    same = refused(stub.MergePeople, pb.MergePeopleRequest(workspace_id=workspace, primary=pb.PersonRef(id="r1"),
+                                                           secondary=pb.PersonRef(id="r1")),
+                   grpc.StatusCode.INVALID_ARGUMENT, timeout=10)
+    assert same.fields == ["secondary"]
+    missing = refused(stub.MergePeople, pb.MergePeopleRequest(workspace_id=workspace, primary=pb.PersonRef(id="r1"),
+                                                              secondary=pb.PersonRef(id="nobody")),
+                      grpc.StatusCode.NOT_FOUND, timeout=10)
+    assert missing.metadata["field"] == "secondary"
+    not_merge = refused(stub.UnmergePeople, pb.UnmergePeopleRequest(workspace_id=workspace, merge_sequence=1),
+                        grpc.StatusCode.NOT_FOUND, timeout=10)
+    assert not_merge.reason == "MERGE_NOT_FOUND"
+
+
+# --------------------------------------------------------------------------- R71, R72
+
+
+def test_r71_a_dry_run_answers_as_the_real_call_and_writes_nothing(stub, workspace, people_rows):
+    cio = identify(stub, workspace, id="d1", email="d1@example.com").person.cio_id
+    before = people_rows(workspace)
+    request = pb.UpdateIdentifierRequest(workspace_id=workspace, person=pb.PersonRef(cio_id=cio), identifier=ID,
+                                         value="d2", validate_only=True)
+    dry = stub.UpdateIdentifier(request, timeout=10)
+    assert people_rows(workspace) == before
+    request.validate_only = False
+    real = stub.UpdateIdentifier(request, timeout=10)
+    assert dry.person.id == real.person.id == "d2" and dry.decision == real.decision
+    dry_delete = stub.DeletePerson(pb.DeletePersonRequest(workspace_id=workspace, person=pb.PersonRef(id="d2"),
+                                                          validate_only=True), timeout=10)
+    assert dry_delete.cio_id == real.person.cio_id
+    assert stub.GetPerson(pb.GetPersonRequest(workspace_id=workspace, person=pb.PersonRef(id="d2")), timeout=10)
+
+
+def test_r72_identify_says_which_rule_decided_and_whom_each_identifier_matched(stub, workspace):
+    a = identify(stub, workspace, id="x1").person.cio_id
+    created = identify(stub, workspace, id="x2", email="x2@example.com")
+    assert created.decision.rule == "R11"
+    assert {(m.identifier, m.value, m.matched_cio_id) for m in created.decision.matches} == {
+        (ID, "x2", ""), (EMAIL, "x2@example.com", "")}
+    refusal = refused(stub.Identify, pb.IdentifyRequest(workspace_id=workspace, id="x1", email="x2@example.com"),
+                      grpc.StatusCode.ALREADY_EXISTS, timeout=10)
+    assert refusal.metadata["owner_cio_id"] == created.person.cio_id
+    updated = identify(stub, workspace, id="x1", attributes={"k": 1})
+    assert updated.decision.rule == "R11"
+    assert [(m.value, m.matched_cio_id) for m in updated.decision.matches] == [("x1", a)]
+
+
+def _wait(condition: Any, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
