@@ -117,7 +117,9 @@ class IdentityApi:
     async def WatchChanges(self, request: pb.WatchChangesRequest) -> AsyncIterator[pb.WatchChangesResponse]:
         """Server streaming (R52): the edge writes each response to the stream."""
         assert self.notifier is not None, "WatchChanges needs the process's notifier"
-        async for record in self.service.watch_changes(request.workspace_id, request.after_sequence, self.notifier):
+        async for record in self.service.watch_changes(
+            request.workspace_id, request.after_sequence, self.notifier, request.end_when_caught_up
+        ):
             yield pb.WatchChangesResponse(event=convert.event_to_pb(record))
 
     async def GetSettings(self, request: pb.GetSettingsRequest) -> pb.GetSettingsResponse:

@@ -309,7 +309,9 @@ class IdentityService:
 
         return await self.uow.run("WatchChanges", work, read_only=True)
 
-    async def watch_changes(self, workspace_id: str, after: int, notifier: Notifier) -> AsyncIterator[Recorded]:
+    async def watch_changes(
+        self, workspace_id: str, after: int, notifier: Notifier, end_when_caught_up: bool = False
+    ) -> AsyncIterator[Recorded]:
         """R52: every event after `after`, in order, then each new one as it commits, until the
         caller stops iterating. At most FEED_PAGE events are held at a time, whatever the
         reader's speed: a slow reader is paced by its stream's flow control and re-reads
@@ -336,6 +338,8 @@ class IdentityService:
                     yield record
                     cursor = record.sequence
                 if len(page) < FEED_PAGE:
+                    if end_when_caught_up:
+                        return
                     try:
                         await wakeup.wait()
                     except Closing:

@@ -318,12 +318,14 @@ class UpdateSettingsResponse(_message.Message):
     def __init__(self, settings: _Optional[_Union[WorkspaceSettings, _Mapping]] = ...) -> None: ...
 
 class WatchChangesRequest(_message.Message):
-    __slots__ = ("workspace_id", "after_sequence")
+    __slots__ = ("workspace_id", "after_sequence", "end_when_caught_up")
     WORKSPACE_ID_FIELD_NUMBER: _ClassVar[int]
     AFTER_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    END_WHEN_CAUGHT_UP_FIELD_NUMBER: _ClassVar[int]
     workspace_id: str
     after_sequence: int
-    def __init__(self, workspace_id: _Optional[str] = ..., after_sequence: _Optional[int] = ...) -> None: ...
+    end_when_caught_up: bool
+    def __init__(self, workspace_id: _Optional[str] = ..., after_sequence: _Optional[int] = ..., end_when_caught_up: _Optional[bool] = ...) -> None: ...
 
 class WatchChangesResponse(_message.Message):
     __slots__ = ("event",)
