@@ -5,7 +5,9 @@ while an open channel keeps calling. The certificates are made here (`cryptograp
 
 from __future__ import annotations
 
+import asyncio
 import datetime
+import ipaddress
 import os
 import secrets
 import signal
@@ -98,8 +100,6 @@ def issue(ca: Issued, name: str, *, server: bool) -> Issued:
         )
     )
     if server:
-        import ipaddress
-
         builder = builder.add_extension(
             x509.SubjectAlternativeName(
                 [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
@@ -283,8 +283,6 @@ def test_which_addresses_are_loopback(address: str, loopback: bool):
 
 
 def test_create_server_refuses_an_open_address_without_tls(database_url: str):
-    import asyncio
-
     with pytest.raises(ValueError, match="refusing to listen on 0.0.0.0:0 without TLS"):
         asyncio.run(create_server("0.0.0.0:0", database_url))
 
