@@ -8,7 +8,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 JsonValue = Any  # a value that json.dumps accepts (str, int, float, bool, None, list, dict)
 
@@ -142,3 +142,15 @@ class Call:
     method: str
     request_id: str = ""
     validate_only: bool = False
+    # R70: what makes two requests "the same" (a digest of the request but its request_id),
+    # and how the response is stored: its bytes and the cio_ids it shows (an erasure deletes
+    # the stored responses that show an erased person, R54). Set by the edge with request_id.
+    fingerprint: bytes = b""
+    encode: Callable[[Any], tuple[bytes, list[str]]] | None = None
+
+
+@dataclass(frozen=True)
+class Replayed:
+    """R70: the stored response of an earlier call with the same request_id and request."""
+
+    response: bytes

@@ -4,6 +4,7 @@ their status. One coroutine per RPC, named as in the proto."""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import replace
 from typing import Any, AsyncIterator, Callable
 
@@ -11,7 +12,7 @@ from identity.v1 import identity_pb2 as pb
 from service.api import convert, csv_import
 from service.api.status import to_status_proto
 from service.db.notifier import Notifier
-from service.domain import Call
+from service.domain import Call, Changed, IdentifyResult, Merged, Replayed
 from service.errors import DomainError, InvalidArgument
 from service.rules.validation import check_workspace_id
 from service.usecases import IdentityService
@@ -19,9 +20,32 @@ from service.usecases import IdentityService
 MAX_IMPORT_ERRORS = 1000  # refused rows reported in full; past it, counted only
 
 
-def _call(method: str, request: Any) -> Call:
-    """The call's name, request_id and validate_only (R50, R70, R71)."""
-    return Call(method, request.request_id, request.validate_only)
+def _call(method: str, request: Any, encode: Callable[[Any], tuple[bytes, list[str]]]) -> Call:
+    """The call's name, request_id and validate_only (R50, R70, R71). With a request_id, what
+    makes a repeat "the same request": a digest of the request message (deterministic bytes)
+    without its request_id."""
+    if not request.request_id:
+        return Call(method, "", request.validate_only)
+    bare = type(request)()
+    bare.CopyFrom(request)
+    bare.request_id = ""
+    fingerprint = hashlib.sha256(method.encode() + b"\0" + bare.SerializeToString(deterministic=True)).digest()
+    return Call(method, request.request_id, request.validate_only, fingerprint, encode)
+
+
+def _replayable(response_type: Any, build: Callable[[Any], Any], cio_ids: Callable[[Any], list[str]]) -> tuple[
+    Callable[[Any], tuple[bytes, list[str]]], Callable[[Any], Any]
+]:
+    """For a call that writes: how its result is stored (the response's bytes, and the people
+    it shows), and how a result or a stored response (R70) becomes the response."""
+
+    def encode(result: Any) -> tuple[bytes, list[str]]:
+        return build(result).SerializeToString(), cio_ids(result)
+
+    def respond(result: Any) -> Any:
+        return response_type.FromString(result.response) if isinstance(result, Replayed) else build(result)
+
+    return encode, respond
 
 
 def _convert(workspace_id: str, **parts: Callable[[], Any]) -> dict[str, Any]:
@@ -49,13 +73,8 @@ class IdentityApi:
     # --- IdentityService ---
 
     async def Identify(self, request: pb.IdentifyRequest) -> pb.IdentifyResponse:
-        result = await self.service.identify(convert.identify_from_pb(request), _call("Identify", request))
-        return pb.IdentifyResponse(
-            person=convert.person_to_pb(result.person),
-            outcome=convert.OUTCOME_TO_PB[result.outcome.value],
-            merged_cio_ids=list(result.merged_cio_ids),
-            decision=convert.explanation_to_pb(result.explanation) if result.explanation else None,
-        )
+        result = await self.service.identify(convert.identify_from_pb(request), _call("Identify", request, _IDENTIFY[0]))
+        return _IDENTIFY[1](result)
 
     async def UpdateIdentifier(self, request: pb.UpdateIdentifierRequest) -> pb.UpdateIdentifierResponse:
         parts = _convert(
@@ -63,12 +82,11 @@ class IdentityApi:
             ref=lambda: convert.ref_from_pb(request.person, request.HasField("person")),
             field=lambda: convert.identifier_from_pb(request.identifier),
         )
+        encode, respond = _CHANGED[pb.UpdateIdentifierResponse]
         changed = await self.service.update_identifier(
-            request.workspace_id, parts["ref"], parts["field"], request.value, _call("UpdateIdentifier", request)
+            request.workspace_id, parts["ref"], parts["field"], request.value, _call("UpdateIdentifier", request, encode)
         )
-        return pb.UpdateIdentifierResponse(
-            person=convert.person_to_pb(changed.person), decision=convert.explanation_to_pb(changed.explanation)
-        )
+        return respond(changed)
 
     async def DeleteIdentifier(self, request: pb.DeleteIdentifierRequest) -> pb.DeleteIdentifierResponse:
         parts = _convert(
@@ -76,12 +94,11 @@ class IdentityApi:
             ref=lambda: convert.ref_from_pb(request.person, request.HasField("person")),
             field=lambda: convert.identifier_from_pb(request.identifier),
         )
+        encode, respond = _CHANGED[pb.DeleteIdentifierResponse]
         changed = await self.service.delete_identifier(
-            request.workspace_id, parts["ref"], parts["field"], _call("DeleteIdentifier", request)
+            request.workspace_id, parts["ref"], parts["field"], _call("DeleteIdentifier", request, encode)
         )
-        return pb.DeleteIdentifierResponse(
-            person=convert.person_to_pb(changed.person), decision=convert.explanation_to_pb(changed.explanation)
-        )
+        return respond(changed)
 
     async def MergePeople(self, request: pb.MergePeopleRequest) -> pb.MergePeopleResponse:
         parts = _convert(
@@ -90,22 +107,15 @@ class IdentityApi:
             secondary=lambda: convert.ref_from_pb(request.secondary, request.HasField("secondary"), "secondary"),
         )
         merged = await self.service.merge_people(
-            request.workspace_id, parts["primary"], parts["secondary"], _call("MergePeople", request)
+            request.workspace_id, parts["primary"], parts["secondary"], _call("MergePeople", request, _MERGE[0])
         )
-        return pb.MergePeopleResponse(
-            person=convert.person_to_pb(merged.person),
-            merged_cio_id=merged.merged_cio_id,
-            merge_sequence=merged.merge_sequence,
-            decision=convert.explanation_to_pb(merged.explanation),
-        )
+        return _MERGE[1](merged)
 
     async def UnmergePeople(self, request: pb.UnmergePeopleRequest) -> pb.UnmergePeopleResponse:
         unmerged = await self.service.unmerge_people(
-            request.workspace_id, request.merge_sequence, _call("UnmergePeople", request)
+            request.workspace_id, request.merge_sequence, _call("UnmergePeople", request, _UNMERGE[0])
         )
-        return pb.UnmergePeopleResponse(
-            primary=convert.person_to_pb(unmerged.primary), secondary=convert.person_to_pb(unmerged.secondary)
-        )
+        return _UNMERGE[1](unmerged)
 
     async def ListPersonHistory(self, request: pb.ListPersonHistoryRequest) -> pb.ListPersonHistoryResponse:
         parts = _convert(request.workspace_id, ref=lambda: convert.ref_from_pb(request.person, request.HasField("person")))
@@ -134,9 +144,9 @@ class IdentityApi:
     async def DeletePerson(self, request: pb.DeletePersonRequest) -> pb.DeletePersonResponse:
         parts = _convert(request.workspace_id, ref=lambda: convert.ref_from_pb(request.person, request.HasField("person")))
         cio_id = await self.service.delete_person(
-            request.workspace_id, parts["ref"], request.erase, _call("DeletePerson", request)
+            request.workspace_id, parts["ref"], request.erase, _call("DeletePerson", request, _DELETE_PERSON[0])
         )
-        return pb.DeletePersonResponse(cio_id=cio_id)
+        return _DELETE_PERSON[1](cio_id)
 
     async def ImportPeople(self, request: pb.ImportPeopleRequest) -> pb.ImportPeopleResponse:
         rows = _convert(request.workspace_id, rows=lambda: csv_import.parse(request.workspace_id, request.csv))["rows"]
@@ -163,15 +173,62 @@ class IdentityApi:
                 request.workspace_id, request.settings if request.HasField("settings") else None
             ),
         )["settings"]
-        created = await self.service.create_workspace(settings)
-        return pb.CreateWorkspaceResponse(settings=convert.settings_to_pb(created))
+        encode, respond = _SETTINGS[pb.CreateWorkspaceResponse]
+        created = await self.service.create_workspace(settings, _call("CreateWorkspace", request, encode))
+        return respond(created)
 
     async def UpdateSettings(self, request: pb.UpdateSettingsRequest) -> pb.UpdateSettingsResponse:
         patch = _convert(
             request.workspace_id,
             patch=lambda: convert.settings_patch(request.settings, list(request.update_mask.paths)),
         )["patch"]
+        encode, respond = _SETTINGS[pb.UpdateSettingsResponse]
         settings = await self.service.update_settings(
-            request.workspace_id, lambda current: replace(current, **patch), request.validate_only
+            request.workspace_id, lambda current: replace(current, **patch), _call("UpdateSettings", request, encode)
         )
-        return pb.UpdateSettingsResponse(settings=convert.settings_to_pb(settings))
+        return respond(settings)
+
+
+def _identify_response(result: IdentifyResult) -> pb.IdentifyResponse:
+    return pb.IdentifyResponse(
+        person=convert.person_to_pb(result.person),
+        outcome=convert.OUTCOME_TO_PB[result.outcome.value],
+        merged_cio_ids=list(result.merged_cio_ids),
+        decision=convert.explanation_to_pb(result.explanation) if result.explanation else None,
+    )
+
+
+def _changed_response(response_type: Any) -> Callable[[Changed], Any]:
+    return lambda changed: response_type(
+        person=convert.person_to_pb(changed.person), decision=convert.explanation_to_pb(changed.explanation)
+    )
+
+
+def _merge_response(merged: Merged) -> pb.MergePeopleResponse:
+    return pb.MergePeopleResponse(
+        person=convert.person_to_pb(merged.person),
+        merged_cio_id=merged.merged_cio_id,
+        merge_sequence=merged.merge_sequence,
+        decision=convert.explanation_to_pb(merged.explanation),
+    )
+
+
+# For each call that writes: how its result is stored and answered (R70).
+_IDENTIFY = _replayable(
+    pb.IdentifyResponse, _identify_response, lambda r: [r.person.cio_id, *r.merged_cio_ids]
+)
+_CHANGED = {
+    t: _replayable(t, _changed_response(t), lambda c: [c.person.cio_id])
+    for t in (pb.UpdateIdentifierResponse, pb.DeleteIdentifierResponse)
+}
+_MERGE = _replayable(pb.MergePeopleResponse, _merge_response, lambda m: [m.person.cio_id, m.merged_cio_id])
+_UNMERGE = _replayable(
+    pb.UnmergePeopleResponse,
+    lambda u: pb.UnmergePeopleResponse(primary=convert.person_to_pb(u.primary), secondary=convert.person_to_pb(u.secondary)),
+    lambda u: [u.primary.cio_id, u.secondary.cio_id],
+)
+_DELETE_PERSON = _replayable(pb.DeletePersonResponse, lambda cio_id: pb.DeletePersonResponse(cio_id=cio_id), lambda c: [c])
+_SETTINGS = {
+    t: _replayable(t, lambda settings, t=t: t(settings=convert.settings_to_pb(settings)), lambda s: [])
+    for t in (pb.CreateWorkspaceResponse, pb.UpdateSettingsResponse)
+}

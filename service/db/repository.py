@@ -219,6 +219,37 @@ class Repository:
         self.staged.append((sql.ERASE_EVENTS_SQL, params))
         self.staged.append((sql.ERASE_RESPONSES_SQL, params))
 
+    # --- stored responses (R70) ---
+
+    async def stored_response(self, workspace_id: str, request_id: str) -> tuple[str, bytes, bytes] | None:
+        """The method, request fingerprint and response stored under a request_id."""
+        rows = await self._fetch(sql.STORED_RESPONSE_SQL, {"workspace_id": workspace_id, "request_id": request_id})
+        return (rows[0][0], bytes(rows[0][1]), bytes(rows[0][2])) if rows else None
+
+    def stage_response(
+        self, workspace_id: str, request_id: str, method: str, fingerprint: bytes, response: bytes,
+        cio_ids: list[str], now: datetime,
+    ) -> None:  # fmt: skip
+        """Stored with the call's writes: a concurrent first call with the same request_id
+        makes this insert fail at COMMIT, the whole call rolls back and is retried (R41),
+        and the retry finds the stored response."""
+        self.staged.append(
+            (
+                sql.STORE_RESPONSE_SQL,
+                {
+                    "workspace_id": workspace_id, "request_id": request_id, "method": method,
+                    "fingerprint": fingerprint, "response": response, "cio_ids": cio_ids, "created_at": now,
+                },  # fmt: skip
+            )
+        )
+
+    async def purge_responses(self, workspace_id: str, cutoff: datetime, limit: int) -> int:
+        cur = self.conn.cursor()
+        await self._send_timeouts(cur)
+        await cur.execute(sql.PURGE_RESPONSES_SQL, {"workspace_id": workspace_id, "cutoff": cutoff, "limit": limit})
+        self.wrote = True
+        return len(await cur.fetchall())
+
     async def retention_settings(self) -> list[tuple[str, int]]:
         """Every workspace and its retention in days (the background clean-up's, not a call's)."""
         rows = await self._run(sa.select(workspaces.c.workspace_id, workspaces.c.event_retention_days))

@@ -387,3 +387,33 @@ HOT_STATEMENTS: dict[str, str] = {
     "notify": NOTIFY_SQL,
     "events_after": EVENTS_AFTER_SQL,
 }
+
+# --- Stored responses (R70) ---
+_RESPONSE_KEY = (
+    stored_responses.c.workspace_id == sa.bindparam("workspace_id"),
+    stored_responses.c.request_id == sa.bindparam("request_id"),
+)
+STORED_RESPONSE_SQL = _sql(
+    sa.select(stored_responses.c.method, stored_responses.c.fingerprint, stored_responses.c.response).where(
+        *_RESPONSE_KEY
+    )
+)
+STORE_RESPONSE_SQL = _sql(
+    stored_responses.insert(),
+    ["workspace_id", "request_id", "method", "fingerprint", "response", "cio_ids", "created_at"],
+)
+PURGE_RESPONSES_SQL = _sql(
+    stored_responses.delete()
+    .where(
+        stored_responses.c.workspace_id == sa.bindparam("workspace_id"),
+        stored_responses.c.request_id.in_(
+            sa.select(stored_responses.c.request_id)
+            .where(
+                stored_responses.c.workspace_id == sa.bindparam("workspace_id"),
+                stored_responses.c.created_at < sa.bindparam("cutoff", type_=sa.DateTime(timezone=True)),
+            )
+            .limit(sa.bindparam("limit", type_=sa.Integer))
+        ),
+    )
+    .returning(stored_responses.c.request_id)
+)

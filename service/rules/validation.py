@@ -47,6 +47,21 @@ def email_key(email: str) -> str:
     return unicodedata.normalize("NFC", unicodedata.normalize("NFC", email).lower())
 
 
+_UUID_SHAPE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+
+def check_request_id(value: str, field: str = "request_id") -> list[FieldViolation]:
+    """R70 (AIP-155): empty (no deduplication) or a UUID in its canonical 8-4-4-4-12 form."""
+    if value and not _UUID_SHAPE.fullmatch(value):
+        return [FieldViolation(field, "must be a UUID (8-4-4-4-12 hexadecimal digits) or empty", "INVALID_REQUEST_ID")]
+    return []
+
+
+def request_key(value: str) -> str:
+    """The form a request_id is stored under: one spelling per UUID (hex digits in lower case)."""
+    return value.lower()
+
+
 def check_workspace_id(value: str, field: str = "workspace_id") -> list[FieldViolation]:
     """R8 (shape): 1 to 64 characters of letters, digits, '_' and '-'."""
     if not value:

@@ -9,10 +9,10 @@ import binascii
 import json
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
-from typing import AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable, TypeVar
 
 from service.db.repository import Lock, Repository
-from service.db.unit_of_work import UnitOfWork
+from service.db.unit_of_work import UnitOfWork, Work
 from service import metrics
 from service.db.notifier import Closing, Notifier
 from service.domain import (
@@ -26,14 +26,30 @@ from service.domain import (
     Merged,
     Person,
     Ref,
+    Replayed,
     Settings,
     Unmerged,
 )
-from service.errors import AlreadyExists, DeadlineExceeded, DomainError, OutOfRange, Unavailable, invalid
+from service.errors import (
+    AlreadyExists,
+    DeadlineExceeded,
+    DomainError,
+    FailedPrecondition,
+    OutOfRange,
+    Unavailable,
+    invalid,
+)
 from service.rules import events, identifiers, identify, merges, modes
 from service.rules.decisions import Decision, Lookup
 from service.rules.events import Recorded
-from service.rules.validation import check_workspace_id, new_cio_id, raise_if, require_workspace
+from service.rules.validation import (
+    check_request_id,
+    check_workspace_id,
+    new_cio_id,
+    raise_if,
+    request_key,
+    require_workspace,
+)
 
 MODE_CHANGE_STATEMENT_CAP_S = 600.0
 FEED_PAGE = 500  # events read per query by a change-feed stream: its memory bound (R52)
@@ -47,6 +63,42 @@ def _now() -> datetime:
 
 
 Decide = Callable[[Settings, list[Person]], Decision]
+T = TypeVar("T")
+Present = Callable[[Settings, Decision, Explanation], T]
+RESPONSE_RETENTION = timedelta(hours=24)  # R70: a repeat within this returns the stored response
+
+
+def _changed(settings: Settings, decision: Decision, why: Explanation) -> Changed:
+    return Changed(modes.presented(settings.mode, decision.person), why)
+
+
+def _once(call: Call, workspace_id: str, work: Work[T]) -> Work[T | Replayed]:
+    """R70: `work`, unless a response to this request_id is stored: then that response (the same
+    request) or REQUEST_ID_REUSED (another one). The response is stored with the call's writes;
+    two identical calls at once both miss, and the second's insert fails at its COMMIT (the
+    stored response's primary key): it is rolled back whole and retried (R41), and the retry
+    finds the first's response."""
+    if not call.request_id or call.validate_only or call.encode is None:
+        return work  # type: ignore[return-value]
+    key, encode = request_key(call.request_id), call.encode
+
+    async def once(repo: Repository) -> T | Replayed:
+        stored = await repo.stored_response(workspace_id, key)
+        if stored is not None:
+            method, fingerprint, response = stored
+            if method != call.method or fingerprint != call.fingerprint:
+                raise FailedPrecondition(
+                    "REQUEST_ID_REUSED",
+                    f"request_id {call.request_id!r} was used by another request ({method}) in the last 24 hours",
+                    {"field": "request_id", "request_id": call.request_id, "method": method},
+                )
+            return Replayed(response)
+        result = await work(repo)
+        data, cio_ids = encode(result)
+        repo.stage_response(workspace_id, key, call.method, call.fingerprint, data, cio_ids, _now())
+        return result
+
+    return once
 
 
 class IdentityService:
@@ -55,14 +107,22 @@ class IdentityService:
     def __init__(self, uow: UnitOfWork):
         self.uow = uow
 
+    async def _run_call(self, call: Call, workspace_id: str, work: Work[T], **options: Any) -> T | Replayed:
+        """Runs a call that writes in its transaction (R40), at most once per request_id (R70):
+        a stored response to the same request is returned instead of applying anything again,
+        and the first call's response is stored with its writes. A refused call, and a dry run
+        (R71), store nothing."""
+        raise_if(check_request_id(call.request_id))
+        return await self.uow.run(call.method, _once(call, workspace_id, work), **options)
+
     async def _write_person(
-        self, call: Call, workspace_id: str, lookup: Lookup, decide: Decide
-    ) -> tuple[Settings, Decision, Explanation]:
+        self, call: Call, workspace_id: str, lookup: Lookup, decide: Decide, present: Present[T]
+    ) -> T | Replayed:
         """The shape shared by every write to people: in one statement the settings are read and
         held steady and the people of the lookup found and locked; then the decision and its
         events (R50) are staged, to be sent with the COMMIT. A dry run (R71) stages nothing."""
 
-        async def work(repo: Repository) -> tuple[Settings, Decision, Explanation]:
+        async def work(repo: Repository) -> T:
             found, people = await repo.load(workspace_id, lookup, Lock.SHARE)
             settings = require_workspace(found, workspace_id)
             decision = decide(settings, people)
@@ -71,60 +131,65 @@ class IdentityService:
                 if decision.erase:
                     repo.stage_erasure(workspace_id, await _merged_closure(repo, workspace_id, [decision.person.cio_id]))
                 repo.stage_events(workspace_id, events.events_for(settings, decision, people), call)
-            return settings, decision, Explanation(decision.rule, identifiers.matches_of(settings, lookup, people))
+            why = Explanation(decision.rule, identifiers.matches_of(settings, lookup, people))
+            return present(settings, decision, why)
 
-        return await self.uow.run(call.method, work)
+        return await self._run_call(call, workspace_id, work)
 
-    async def identify(self, req: IdentifyInput, call: Call = Call("Identify")) -> IdentifyResult:
+    async def identify(self, req: IdentifyInput, call: Call = Call("Identify")) -> IdentifyResult | Replayed:
         lookup = identify.identify_lookup(req)
-        settings, decision, why = await self._write_person(
+
+        def present(settings: Settings, decision: Decision, why: Explanation) -> IdentifyResult:
+            assert decision.outcome is not None
+            return IdentifyResult(modes.presented(settings.mode, decision.person), decision.outcome, decision.deleted, why)
+
+        return await self._write_person(
             call,
             req.workspace_id,
             lookup,
             lambda s, people: identify.decide_identify(s, req, people, _now(), new_cio_id()),
+            present,
         )
-        assert decision.outcome is not None
-        return IdentifyResult(modes.presented(settings.mode, decision.person), decision.outcome, decision.deleted, why)
 
     async def update_identifier(
         self, workspace_id: str, ref: Ref, field: Field, value: str, call: Call = Call("UpdateIdentifier")
-    ) -> Changed:
+    ) -> Changed | Replayed:
         lookup = identifiers.update_identifier_lookup(workspace_id, ref, field, value)
-        settings, decision, why = await self._write_person(
+        return await self._write_person(
             call,
             workspace_id,
             lookup,
             lambda s, people: identifiers.decide_update_identifier(s, ref, field, value, people, _now()),
+            _changed,
         )
-        return Changed(modes.presented(settings.mode, decision.person), why)
 
     async def delete_identifier(
         self, workspace_id: str, ref: Ref, field: Field, call: Call = Call("DeleteIdentifier")
-    ) -> Changed:
+    ) -> Changed | Replayed:
         lookup = identifiers.delete_identifier_lookup(workspace_id, ref, field)
-        settings, decision, why = await self._write_person(
+        return await self._write_person(
             call,
             workspace_id,
             lookup,
             lambda s, people: identifiers.decide_delete_identifier(s, ref, field, people, _now()),
+            _changed,
         )
-        return Changed(modes.presented(settings.mode, decision.person), why)
 
     async def delete_person(
         self, workspace_id: str, ref: Ref, erase: bool = False, call: Call = Call("DeletePerson")
-    ) -> str:
+    ) -> str | Replayed:
         lookup = identifiers.ref_lookup(workspace_id, ref)
-        _, decision, _ = await self._write_person(
+        return await self._write_person(
             call,
             workspace_id,
             lookup,
             lambda s, people: identifiers.decide_delete_person(s, ref, people, erase),
+            lambda settings, decision, why: decision.person.cio_id,
         )
-        return decision.person.cio_id
 
     async def merge_people(
         self, workspace_id: str, primary: Ref, secondary: Ref, call: Call = Call("MergePeople")
-    ) -> Merged:
+    ) -> Merged | Replayed:
         """R60: one transaction; the MERGED event's sequence is the response's, so it is
         appended before the COMMIT rather than with it."""
         lookup = merges.merge_lookup(workspace_id, primary, secondary)
@@ -142,9 +207,9 @@ class IdentityService:
             why = Explanation(decision.rule, identifiers.matches_of(settings, lookup, people))
             return Merged(modes.presented(settings.mode, decision.person), decision.deleted[0], sequence, why)
 
-        return await self.uow.run(call.method, work)
+        return await self._run_call(call, workspace_id, work)
 
-    async def unmerge_people(self, workspace_id: str, merge_sequence: int, call: Call = Call("UnmergePeople")) -> Unmerged:
+    async def unmerge_people(self, workspace_id: str, merge_sequence: int, call: Call = Call("UnmergePeople")) -> Unmerged | Replayed:
         """R62: the merge's record read, then its people locked and judged, in one transaction."""
         raise_if(check_workspace_id(workspace_id))
         if merge_sequence <= 0:
@@ -167,7 +232,7 @@ class IdentityService:
                 modes.presented(settings.mode, decision.person), modes.presented(settings.mode, decision.restored)
             )
 
-        return await self.uow.run(call.method, work)
+        return await self._run_call(call, workspace_id, work)
 
     async def import_rows(
         self, workspace_id: str, rows: list[tuple[int, IdentifyInput | DomainError]]
@@ -207,11 +272,15 @@ class IdentityService:
 
         return await self.uow.run("GetSettings", work, read_only=True)
 
-    async def create_workspace(self, settings: Settings) -> Settings:
+    async def create_workspace(self, settings: Settings, call: Call = Call("CreateWorkspace")) -> Settings | Replayed:
         raise_if(check_workspace_id(settings.workspace_id))
 
         async def work(repo: Repository) -> Settings:
-            if not await repo.create_workspace(settings, _now()):
+            if call.validate_only:
+                created = await repo.settings(settings.workspace_id) is None
+            else:
+                created = await repo.create_workspace(settings, _now())
+            if not created:
                 raise AlreadyExists(
                     "WORKSPACE_ALREADY_EXISTS",
                     f"workspace {settings.workspace_id!r} exists already",
@@ -219,11 +288,11 @@ class IdentityService:
                 )
             return settings
 
-        return await self.uow.run("CreateWorkspace", work)
+        return await self._run_call(call, settings.workspace_id, work)
 
     async def update_settings(
-        self, workspace_id: str, patch: Callable[[Settings], Settings], validate_only: bool
-    ) -> Settings:
+        self, workspace_id: str, patch: Callable[[Settings], Settings], call: Call = Call("UpdateSettings")
+    ) -> Settings | Replayed:
         """R2: the change is validated against the data in the same transaction that applies it;
         the workspace's gate and row are held exclusively so that no write to its people runs in
         between."""
@@ -234,7 +303,7 @@ class IdentityService:
             requested = patch(current)
             checks = modes.mode_change_checks(current.mode, requested.mode)
             new = modes.decide_settings_change(current, requested, await repo.run_checks(workspace_id, checks))
-            if validate_only or new == current:
+            if call.validate_only or new == current:
                 return new
             if new.mode != current.mode:
                 await repo.rekey(
@@ -247,7 +316,7 @@ class IdentityService:
 
         # A mode change checks and rekeys every person of the workspace: allow it more than the
         # session's cap per statement (the client's deadline still bounds it).
-        return await self.uow.run("UpdateSettings", work, cap=MODE_CHANGE_STATEMENT_CAP_S)
+        return await self._run_call(call, workspace_id, work, cap=MODE_CHANGE_STATEMENT_CAP_S)
 
     # --- the change log (R51-R54) ---
 
@@ -346,19 +415,23 @@ class IdentityService:
                         raise Unavailable("SERVER_STOPPING", "the server is stopping; resume on another") from None
 
     async def purge_expired_events(self, batch: int = PURGE_BATCH) -> int:
-        """Retention (R52): deletes each workspace's events older than its setting, in bounded
-        batches (one transaction each), and returns how many went."""
+        """Retention: deletes each workspace's events older than its setting (R52) and its
+        stored responses older than 24 hours (R70), in bounded batches (one transaction each),
+        and returns how many rows went."""
         workspaces = await self.uow.run("PurgeEvents", lambda repo: repo.retention_settings(), read_only=True)
         purged = 0
         for workspace_id, days in workspaces:
-            cutoff = _now() - timedelta(days=days)
-            while True:
-                count = await self.uow.run(
-                    "PurgeEvents", lambda repo: repo.purge_events(workspace_id, cutoff, batch)
-                )
-                purged += count
-                if count < batch:
-                    break
+            for purge, cutoff in (
+                (Repository.purge_events, _now() - timedelta(days=days)),
+                (Repository.purge_responses, _now() - RESPONSE_RETENTION),
+            ):
+                while True:
+                    count = await self.uow.run(
+                        "PurgeEvents", lambda repo: purge(repo, workspace_id, cutoff, batch)  # noqa: B023
+                    )
+                    purged += count
+                    if count < batch:
+                        break
         return purged
 
 

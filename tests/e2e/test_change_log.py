@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
@@ -76,7 +78,9 @@ def changes(event: pb.PersonEvent) -> dict[str, tuple[Any, Any]]:
 
 
 def test_r50_each_change_appends_one_event_with_before_after_and_the_call(stub, workspace):
-    created = identify(stub, workspace, id="u1", email="u1@example.com", attributes={"plan": "free"}, request_id="r-1")
+    request_id = str(uuid.uuid4())
+    created = identify(stub, workspace, id="u1", email="u1@example.com", attributes={"plan": "free"},
+                       request_id=request_id)
     identify(stub, workspace, id="u1", attributes={"plan": "pro", "seats": 3})
     identify(stub, workspace, id="u1", attributes={"plan": "pro"})  # changes nothing: no event
     stub.UpdateIdentifier(pb.UpdateIdentifierRequest(workspace_id=workspace, person=pb.PersonRef(id="u1"),
@@ -89,7 +93,7 @@ def test_r50_each_change_appends_one_event_with_before_after_and_the_call(stub, 
     cio = created.person.cio_id
     assert {e.cio_id for e in events} == {cio}
     first, second, third, fourth = events
-    assert (first.rpc, first.request_id) == ("Identify", "r-1")
+    assert (first.rpc, first.request_id) == ("Identify", request_id)
     assert not first.HasField("identifiers_before")
     assert (first.identifiers_after.id, first.identifiers_after.email) == ("u1", "u1@example.com")
     assert changes(first) == {"plan": (None, "free")}
@@ -258,7 +262,8 @@ def test_r53_history_is_newest_first_follows_merges_and_pages(stub, workspace):
 
 def test_r54_erasure_leaves_tombstones_and_no_value_anywhere(stub, workspace, engine):
     secret_email, secret_id, secret_value = "erase.me@example.com", "erase-id-7", "secret-plan-value"
-    a = identify(stub, workspace, id=secret_id, attributes={"plan": secret_value}).person.cio_id
+    a = identify(stub, workspace, id=secret_id, attributes={"plan": secret_value},
+                 request_id=str(uuid.uuid4())).person.cio_id  # a stored response shows it too (R70)
     identify(stub, workspace, email=secret_email, attributes={"note": "from-b-" + secret_value})
     identify(stub, workspace, id=secret_id, email=secret_email)  # R13 merges b into a
     keep = identify(stub, workspace, id="keeper", attributes={"plan": "other"}).person.cio_id
@@ -339,6 +344,72 @@ def test_r60_refusals(stub, workspace):
     not_merge = refused(stub.UnmergePeople, pb.UnmergePeopleRequest(workspace_id=workspace, merge_sequence=1),
                         grpc.StatusCode.NOT_FOUND, timeout=10)
     assert not_merge.reason == "MERGE_NOT_FOUND"
+
+
+# --------------------------------------------------------------------------- R70
+
+
+def test_r70_a_repeat_returns_the_stored_response_and_applies_nothing(stub, workspace, engine):
+    request_id = str(uuid.uuid4())
+    first = identify(stub, workspace, id="i1", attributes={"n": 1}, request_id=request_id)
+    identify(stub, workspace, id="i1", attributes={"n": 2})  # changes the person in between
+    repeat = identify(stub, workspace, id="i1", attributes={"n": 1}, request_id=request_id.upper())
+    assert repeat == first  # the first response, byte for byte: not a second application
+    person = stub.GetPerson(pb.GetPersonRequest(workspace_id=workspace, person=pb.PersonRef(id="i1")), timeout=10)
+    assert json_format.MessageToDict(person.person.attributes) == {"n": 2}
+    assert [e.request_id for e in feed(stub, workspace, count=2)] == [request_id, ""]
+    reused = refused(stub.Identify, pb.IdentifyRequest(workspace_id=workspace, id="i2", request_id=request_id),
+                     grpc.StatusCode.FAILED_PRECONDITION, timeout=10)
+    assert reused.reason == "REQUEST_ID_REUSED" and reused.metadata["request_id"] == request_id
+    other_rpc = refused(stub.DeletePerson, pb.DeletePersonRequest(
+        workspace_id=workspace, person=pb.PersonRef(id="i1"), request_id=request_id),
+        grpc.StatusCode.FAILED_PRECONDITION, timeout=10)
+    assert other_rpc.reason == "REQUEST_ID_REUSED" and other_rpc.metadata["method"] == "Identify"
+    bad = refused(stub.Identify, pb.IdentifyRequest(workspace_id=workspace, id="i3", request_id="not-a-uuid"),
+                  grpc.StatusCode.INVALID_ARGUMENT, timeout=10)
+    assert bad.fields == ["request_id"]
+
+
+def test_r70_a_refused_call_stores_nothing_and_a_dry_run_ignores_the_request_id(stub, workspace):
+    request_id = str(uuid.uuid4())
+    request = pb.UpdateIdentifierRequest(workspace_id=workspace, person=pb.PersonRef(id="nobody"), identifier=EMAIL,
+                                         value="z@example.com", request_id=request_id)
+    refused(stub.UpdateIdentifier, request, grpc.StatusCode.NOT_FOUND, timeout=10)
+    identify(stub, workspace, id="nobody")
+    dry = identify(stub, workspace, id="x", request_id=request_id, validate_only=True)
+    assert dry.outcome == pb.IDENTIFY_OUTCOME_CREATED
+    changed = stub.UpdateIdentifier(request, timeout=10)  # now it applies: nothing was stored
+    assert changed.person.email == "z@example.com"
+    assert stub.UpdateIdentifier(request, timeout=10) == changed
+
+
+def test_r70_identical_calls_at_the_same_moment_apply_once(stub, workspace, channel):
+    request_ids = [str(uuid.uuid4()) for _ in range(5)]
+
+    def call(request_id: str) -> pb.IdentifyResponse:
+        return identify(stub, workspace, email=f"{request_id}@example.com", attributes={"k": request_id},
+                        request_id=request_id)
+
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(call, [r for r in request_ids for _ in range(8)]))
+    for index, request_id in enumerate(request_ids):
+        mine = answers[index * 8:(index + 1) * 8]
+        assert all(a == mine[0] for a in mine), request_id
+        assert mine[0].outcome == pb.IDENTIFY_OUTCOME_CREATED
+    events = feed(stub, workspace, count=len(request_ids))
+    assert sorted(e.request_id for e in events) == sorted(request_ids)
+    assert feed_last(stub, workspace) == len(request_ids)  # one application each
+
+
+def test_r70_stored_responses_are_purged_after_24_hours(stub, workspace, engine, server):
+    request_id = str(uuid.uuid4())
+    first = identify(stub, workspace, id="old1", request_id=request_id)
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE stored_responses SET created_at = now() - interval '25 hours' "
+                             "WHERE workspace_id = :ws"), {"ws": workspace})
+    assert server.call(_purge(server)) >= 1
+    again = identify(stub, workspace, id="old1", request_id=request_id)  # applied again: UNCHANGED
+    assert again.outcome == pb.IDENTIFY_OUTCOME_UNCHANGED and again.person.cio_id == first.person.cio_id
 
 
 # --------------------------------------------------------------------------- R71, R72
