@@ -224,7 +224,9 @@ class Repository:
     async def stored_response(self, workspace_id: str, request_id: str) -> tuple[str, bytes, bytes] | None:
         """The method, request fingerprint and response stored under a request_id."""
         rows = await self._fetch(sql.STORED_RESPONSE_SQL, {"workspace_id": workspace_id, "request_id": request_id})
-        return (rows[0][0], bytes(rows[0][1]), bytes(rows[0][2])) if rows else None
+        if not rows or rows[0][0] is None:  # one row, NULLs when nothing is stored
+            return None
+        return rows[0][0], bytes(rows[0][1]), bytes(rows[0][2])
 
     def stage_response(
         self, workspace_id: str, request_id: str, method: str, fingerprint: bytes, response: bytes,

@@ -393,10 +393,25 @@ _RESPONSE_KEY = (
     stored_responses.c.workspace_id == sa.bindparam("workspace_id"),
     stored_responses.c.request_id == sa.bindparam("request_id"),
 )
-STORED_RESPONSE_SQL = _sql(
-    sa.select(stored_responses.c.method, stored_responses.c.fingerprint, stored_responses.c.response).where(
-        *_RESPONSE_KEY
+# Twins (the same request_id at the same moment) queue on an advisory lock of their key, taken
+# in the same statement as the read: the second reads after the first has committed (and finds
+# its response) or rolled back (and finds nothing: a refusal stores nothing). The lock is the
+# outer side of a left join, so it is taken whether a response is stored or not.
+_TWINS_CLASS = sa.literal_column("7243")  # the advisory lock namespace of request ids
+_twins = sa.select(
+    sa.func.pg_advisory_xact_lock(
+        _TWINS_CLASS,
+        sa.func.hashtext(
+            sa.bindparam("workspace_id", type_=sa.Text)
+            .concat(sa.literal_column("'/'"))
+            .concat(sa.bindparam("request_id", type_=sa.Text))
+        ),
     )
+).cte("twins")
+STORED_RESPONSE_SQL = _sql(
+    sa.select(stored_responses.c.method, stored_responses.c.fingerprint, stored_responses.c.response)
+    .select_from(_twins)
+    .join(stored_responses, sa.and_(*_RESPONSE_KEY), isouter=True)
 )
 STORE_RESPONSE_SQL = _sql(
     stored_responses.insert(),

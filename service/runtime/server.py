@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -31,7 +31,9 @@ from service.domain import Settings
 from service.errors import AlreadyExists
 from service.runtime.tls import ServerTls, TlsError, check_listen, is_loopback
 from service.runtime.tls import from_args as tls_from_args
+from service.api.status import cut
 from service.db.notifier import Notifier
+from service.domain import Call
 from service.usecases import IdentityService
 
 log = logging.getLogger("identity.server")
@@ -128,7 +130,7 @@ async def create_server(
     monitor = DatabaseMonitor(libpq_url(database_url), lambda ok: holder[0].on_database_change(ok), monitor_interval)
     uow = UnitOfWork(pool, available=lambda: monitor.available)
     notifier = Notifier(libpq_url(database_url))
-    service = IdentityService(uow)
+    service = IdentityService(uow, _pause_after_commit(os.environ.get(PAUSE_AFTER_COMMIT_ENV, "")))
     edge = Edge(IdentityApi(service, notifier), api_keys, max_concurrent_calls)
     server.add_generic_rpc_handlers(edge.handlers())
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -144,6 +146,24 @@ async def create_server(
     notifier.start()
     running.janitor = asyncio.get_running_loop().create_task(purge_events_forever(service), name="event-retention")
     return running
+
+
+PAUSE_AFTER_COMMIT_ENV = "IDENTITY_TEST_PAUSE_AFTER_COMMIT"
+
+
+def _pause_after_commit(request_id: str) -> Callable[[Call], Awaitable[None]] | None:
+    """For the fault suite only (R70): a call with this request_id, once committed, never
+    answers, so that a test can kill the process between the COMMIT and the reply."""
+    if not request_id:
+        return None
+    log.warning("test hook: calls with request_id %s will hang after their COMMIT", cut(request_id, 64))
+
+    async def pause(call: Call) -> None:
+        if call.request_id.lower() == request_id.lower():
+            log.warning("test hook: paused after COMMIT")
+            await asyncio.Event().wait()
+
+    return pause
 
 
 RETENTION_INTERVAL_S = 300.0
