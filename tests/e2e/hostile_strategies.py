@@ -2,16 +2,18 @@
 every RPC of identity.v1, raw bytes, depth, size, NUL, non-finite numbers.
 
 The strategies draw *specs*, not messages: plain dicts whose values may hold placeholders
-(OWN for the test's own workspace, Seed(i) for the cio_id of one of its seeded people, Long for
-a long string, Deep for a deeply nested attribute value, Many for many attributes or mask paths,
-Csv for an import file). A spec prints short in a falsifying example even when the request it
-stands for is 4 MiB; `resolve` turns it into plain values once the workspace is known, and
-`build` into the request message.
+(OWN for the test's own workspace, Seed(i) for the cio_id of one of its seeded people, MergeSeq
+for the sequence of its seeded merge, Long for a long string, Deep for a deeply nested attribute
+value, Many for many attributes or mask paths, Csv for an import file, Token for a page token).
+A spec prints short in a falsifying example even when the request it stands for is 4 MiB;
+`resolve` turns it into plain values once the workspace is known, and `build` into the request
+message.
 
 `must_refuse` is the contract's side of the oracle: what no correct server may accept."""
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import re
@@ -40,9 +42,24 @@ METHODS: dict[str, tuple[str, type, type]] = {
     "ImportPeople": (f"/{IDENTITY}/ImportPeople", pb.ImportPeopleRequest, pb.ImportPeopleResponse),
     "CreateWorkspace": (f"/{WORKSPACE}/CreateWorkspace", pb.CreateWorkspaceRequest, pb.CreateWorkspaceResponse),
     "UpdateSettings": (f"/{WORKSPACE}/UpdateSettings", pb.UpdateSettingsRequest, pb.UpdateSettingsResponse),
+    "MergePeople": (f"/{IDENTITY}/MergePeople", pb.MergePeopleRequest, pb.MergePeopleResponse),
+    "UnmergePeople": (f"/{IDENTITY}/UnmergePeople", pb.UnmergePeopleRequest, pb.UnmergePeopleResponse),
+    "ListPersonHistory": (
+        f"/{IDENTITY}/ListPersonHistory", pb.ListPersonHistoryRequest, pb.ListPersonHistoryResponse
+    ),
+    "WatchChanges": (f"/{IDENTITY}/WatchChanges", pb.WatchChangesRequest, pb.WatchChangesResponse),
 }
-READ_ONLY = {"GetSettings", "GetPerson"}
-SETTINGS_FIELDS = ("identifier_mode", "email_updatable_by_id", "sole_identifier_updatable", "auto_merge")
+READ_ONLY = {"GetSettings", "GetPerson", "ListPersonHistory", "WatchChanges"}
+STREAMING = {"WatchChanges"}  # server streaming: every response read, then the status
+# The requests that write, each with request_id (R70) and validate_only (R71).
+WRITES = {
+    "Identify", "UpdateIdentifier", "DeleteIdentifier", "DeletePerson", "MergePeople", "UnmergePeople",
+    "CreateWorkspace", "UpdateSettings",
+}
+SETTINGS_FIELDS = (
+    "identifier_mode", "email_updatable_by_id", "sole_identifier_updatable", "auto_merge", "event_retention_days"
+)
+MAX_RETENTION_DAYS = 3650
 
 # Values the test workspace is seeded with (tests/e2e/test_hostile.py), so that hostile calls
 # also meet real people.
@@ -51,6 +68,13 @@ SEED_PEOPLE = (
     {"id": "seed-2", "attributes": {"tags": ["a", "b"]}},
     {"email": "seed3@example.com"},
 )
+# Two more people, then merged (the first the primary): Seed(3) is the primary, Seed(4) the person
+# merged away, MergeSeq the merge's sequence (for UnmergePeople and the history of a merged cio_id).
+SEED_MERGE = (
+    {"id": "seed-m1", "attributes": {"plan": "basic"}},
+    {"email": "seedm2@example.com", "attributes": {"city": "Oslo"}},
+)
+SEEDS = len(SEED_PEOPLE) + len(SEED_MERGE)
 VALID_IDS = ["seed-1", "seed-2", "ab100", "x", "Seed-1"]
 VALID_EMAILS = ["seed1@example.com", "SEED3@Example.com", "a@b.co", "new.person@example.com"]
 UNKNOWN_CIO_ID = "0" * 20
@@ -72,6 +96,25 @@ class Seed:
     """The cio_id of the test workspace's seeded person `index` (it may have been deleted since)."""
 
     index: int
+
+
+@dataclass(frozen=True)
+class MergeSeq:
+    """The sequence of the test workspace's seeded merge's MERGED event (0 when the seeding
+    failed), plus `offset`."""
+
+    offset: int = 0
+
+
+@dataclass(frozen=True)
+class Token:
+    """A ListPersonHistory page token as the service writes one (urlsafe base64 of JSON, padding
+    left out): of `body` JSON-encoded once resolved (the service's own shape is
+    (workspace_id, field, value, before), e.g. (OWN, "cio_id", Seed(0), 5)), or of `text` (a str
+    or a Long) taken as the JSON text."""
+
+    body: Any = None
+    text: Any = None
 
 
 @dataclass(frozen=True)
@@ -139,14 +182,20 @@ class Raw:
     edits: tuple = ()
 
 
-def resolve(value: Any, own: str, seeds: list[str]) -> Any:
-    """The plain value a spec stands for, in a workspace `own` seeded with people `seeds`."""
+def resolve(value: Any, own: str, seeds: list[str], merges: tuple[int, ...] | list[int] = ()) -> Any:
+    """The plain value a spec stands for, in a workspace `own` seeded with people `seeds` and the
+    merges `merges` (their sequences)."""
 
     def r(v: Any) -> Any:
         if v is OWN:
             return own
         if isinstance(v, Seed):
             return seeds[v.index % len(seeds)] if seeds else UNKNOWN_CIO_ID
+        if isinstance(v, MergeSeq):
+            return (merges[0] if merges else 0) + v.offset
+        if isinstance(v, Token):
+            text = r(v.text) if v.text is not None else json.dumps(r(v.body))
+            return base64.urlsafe_b64encode(text.encode("utf-8")).decode().rstrip("=")
         if isinstance(v, Long):
             return v.text()
         if isinstance(v, Deep):
@@ -260,10 +309,10 @@ def build(method: str, spec: dict[str, Any]) -> pb_message.Message:
         if name == "attributes":
             request.attributes.SetInParent()
             request.attributes.update(value)
-        elif name == "person":
-            request.person.SetInParent()
+        elif name in ("person", "primary", "secondary"):
+            getattr(request, name).SetInParent()
             for which, v in value.items():
-                setattr(request.person, which, v)
+                setattr(getattr(request, name), which, v)
         elif name == "settings":
             request.settings.SetInParent()
             for field, v in value.items():
@@ -345,9 +394,15 @@ foreign_workspace_ids = st.one_of(
 ids = hostile(VALID_IDS)
 emails = hostile(VALID_EMAILS)
 cio_ids = st.one_of(
-    st.builds(Seed, st.integers(0, 2)),
-    st.builds(Seed, st.integers(0, 2)),
+    st.builds(Seed, st.integers(0, SEEDS - 1)),
+    st.builds(Seed, st.integers(0, SEEDS - 1)),
     hostile([UNKNOWN_CIO_ID, "43xqwbwbrxd6gkk9gwfh", "ILOU" * 5]),
+)
+# References to the seeded people (and to the one merged away): these get past validation.
+seed_refs = st.sampled_from(
+    [{"cio_id": Seed(i)} for i in range(SEEDS)]
+    + [{"id": "seed-1"}, {"id": "seed-2"}, {"email": "SEED3@example.com"}, {"id": "seed-m1"}]
+    + [{"email": "seedm2@example.com"}]
 )
 person_refs = st.one_of(
     st.just({}),  # the field set, but none of the oneof
@@ -356,6 +411,8 @@ person_refs = st.one_of(
     st.fixed_dictionaries({"email": emails}),
 )
 int32 = st.integers(-(2**31), 2**31 - 1)
+int64 = st.integers(-(2**63), 2**63 - 1)
+INT64_EDGES = [0, 1, -1, 2**31 - 1, 2**31, 2**32, 2**53 + 1, 2**62, 2**63 - 1, -(2**63), -(2**31)]
 identifier_types = st.one_of(st.sampled_from([0, 1, 2, 3, 1, 2]), int32)
 identifier_modes = st.one_of(st.sampled_from([0, 1, 2, 3]), int32)
 
@@ -405,6 +462,37 @@ attributes = st.one_of(
 )
 strings_for_values = st.one_of(ids, emails)
 
+# request_id (R70): a UUID or empty. A few fixed ones, so that hypothesis repeats them across
+# calls (a replay, or REQUEST_ID_REUSED for another request), fresh ones, and near misses.
+REQUEST_IDS = [
+    "00000000-0000-0000-0000-000000000000",
+    "3f2504e0-4f89-11d3-9a0c-0305e82c3301",
+    "3F2504E0-4F89-11D3-9A0C-0305E82C3301",  # the same UUID in upper case
+    "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+]
+request_ids = st.one_of(
+    st.just(""),
+    st.sampled_from(REQUEST_IDS),
+    st.uuids().map(str),
+    st.uuids().map(lambda u: str(u).upper()),
+    st.sampled_from(
+        [
+            "{3f2504e0-4f89-11d3-9a0c-0305e82c3301}", "3f2504e04f8911d39a0c0305e82c3301",
+            "urn:uuid:3f2504e0-4f89-11d3-9a0c-0305e82c3301", " 3f2504e0-4f89-11d3-9a0c-0305e82c3301",
+            "3f2504e0-4f89-11d3-9a0c-0305e82c330", "3f2504e0-4f89-11d3-9a0c-0305e82c3301\n", "g" * 36,
+        ]
+    ),
+    near(REQUEST_IDS),
+    short_text,
+    long_text,
+)
+# Fields every write request has (R70, R71); and the same, valid (for requests meant to get far).
+WRITE_FIELDS = {"request_id": request_ids, "validate_only": st.booleans()}
+VALID_WRITE_FIELDS = {
+    "request_id": st.one_of(st.sampled_from(["", *REQUEST_IDS]), st.uuids().map(str)),
+    "validate_only": st.booleans(),
+}
+
 # --------------------------------------------------------------------------- requests
 
 identify_specs = st.fixed_dictionaries(
@@ -415,17 +503,132 @@ identify_specs = st.fixed_dictionaries(
         "email": emails,
         "attributes": attributes,
         "update_only": st.booleans(),
+        **WRITE_FIELDS,
     },
 )
 update_identifier_specs = st.fixed_dictionaries(
     {"workspace_id": workspace_ids},
-    optional={"person": person_refs, "identifier": identifier_types, "value": strings_for_values},
+    optional={"person": person_refs, "identifier": identifier_types, "value": strings_for_values, **WRITE_FIELDS},
 )
 delete_identifier_specs = st.fixed_dictionaries(
-    {"workspace_id": workspace_ids}, optional={"person": person_refs, "identifier": identifier_types}
+    {"workspace_id": workspace_ids}, optional={"person": person_refs, "identifier": identifier_types, **WRITE_FIELDS}
 )
 get_settings_specs = st.fixed_dictionaries({}, optional={"workspace_id": workspace_ids})
 person_specs = st.fixed_dictionaries({}, optional={"workspace_id": workspace_ids, "person": person_refs})
+delete_person_specs = st.fixed_dictionaries(
+    {}, optional={"workspace_id": workspace_ids, "person": person_refs, "erase": st.booleans(), **WRITE_FIELDS}
+)
+
+# The change log and merges (R50-R62).
+# Sequences: the seeded merge's (and its neighbours: a CREATED event, or none), small ones (the
+# seeded people's events), and any int64.
+sequences = st.one_of(
+    st.builds(MergeSeq, st.sampled_from([0, 0, 0, -1, 1, 1000])),
+    st.integers(-3, 40),
+    st.sampled_from(INT64_EDGES),
+    int64,
+)
+# Either the same person twice, or two references drawn apart.
+_merge_refs = st.one_of(
+    person_refs.map(lambda ref: {"primary": ref, "secondary": ref}),
+    st.fixed_dictionaries({}, optional={"primary": person_refs, "secondary": person_refs}),
+)
+merge_people_specs = st.one_of(
+    st.builds(
+        lambda base, refs: {**base, **refs},
+        st.fixed_dictionaries({"workspace_id": workspace_ids}, optional=WRITE_FIELDS),
+        _merge_refs,
+    ),
+    # Seeded people, in the test's workspace: merges that may well happen.
+    st.fixed_dictionaries(
+        {"workspace_id": st.just(OWN), "primary": seed_refs, "secondary": seed_refs}, optional=VALID_WRITE_FIELDS
+    ),
+)
+unmerge_people_specs = st.one_of(
+    st.fixed_dictionaries({"workspace_id": workspace_ids}, optional={"merge_sequence": sequences, **WRITE_FIELDS}),
+    st.fixed_dictionaries(
+        {"workspace_id": st.just(OWN), "merge_sequence": st.builds(MergeSeq, st.sampled_from([0, 0, 0, -1, 1, 2]))},
+        optional=VALID_WRITE_FIELDS,
+    ),
+)
+page_sizes = st.one_of(st.sampled_from([0, 1, 2, 100, 1000, 1001, -1, 2**31 - 1, -(2**31)]), int32)
+# What a page token's "before" may hold once decoded: any JSON (the service wrote an int).
+_token_befores = st.one_of(
+    st.integers(0, 60),
+    st.sampled_from([*INT64_EDGES, 2**63, 2**64, -(2**63) - 1, 10**30, True, False, None, 1.5, "1", [], {}]),
+    st.integers(-(2**80), 2**80),
+)
+
+
+@dataclass(frozen=True)
+class Matching:
+    """In a ListPersonHistory spec: a token of this very request (its workspace and person) but
+    for `before`; made a Token by _history_spec."""
+
+    before: Any
+
+
+def _history_spec(spec: dict, token: Any) -> dict:
+    if token is None:
+        return spec
+    if isinstance(token, Matching):
+        ((field, value),) = (spec.get("person") or {"cio_id": Seed(0)}).items()
+        token = Token((spec.get("workspace_id", ""), field, value, token.before))
+    return {**spec, "page_token": token}
+
+
+page_tokens = st.one_of(
+    st.none(),  # no token
+    st.builds(Matching, _token_befores),
+    st.builds(Matching, _token_befores),
+    # Another request's token: another workspace, person or field.
+    st.builds(
+        lambda ws, field, value, before: Token((ws, field, value, before)),
+        st.sampled_from([OWN, "other", ""]),
+        st.sampled_from(["cio_id", "id", "email", "CIO_ID", ""]),
+        st.one_of(st.builds(Seed, st.integers(0, SEEDS - 1)), st.sampled_from(VALID_IDS + VALID_EMAILS)),
+        _token_befores,
+    ),
+    # JSON that is not the four parts, JSON nested deep, not JSON, not base64.
+    st.builds(Token, json_values),
+    st.builds(Token, text=short_text),
+    st.builds(
+        Token,
+        text=st.builds(
+            Long, st.sampled_from(["[", '{"a":', "[1,", '"\\u0000']), st.sampled_from([10, 999, 1000, 5000, 100_000])
+        ),
+    ),
+    st.sampled_from(["", "=", "====", "!!!!", "AAAA", "eyJ9", "W10", "W1tdXQ", "bnVsbA", "\x00", "é"]),
+    short_text,
+    long_text,
+)
+list_person_history_specs = st.one_of(
+    st.builds(
+        _history_spec,
+        st.fixed_dictionaries(
+            {"workspace_id": workspace_ids}, optional={"person": person_refs, "page_size": page_sizes}
+        ),
+        page_tokens,
+    ),
+    # A seeded person of the test's workspace, a valid page size: the token is what is judged.
+    st.builds(
+        _history_spec,
+        st.fixed_dictionaries(
+            {"workspace_id": st.just(OWN), "person": seed_refs}, optional={"page_size": st.integers(0, 3)}
+        ),
+        page_tokens,
+    ),
+)
+# WatchChanges: ended once caught up, so that a call ends (the tests without it give a short
+# deadline, DEADLINE_EXCEEDED being the expected end).
+watch_changes_specs = st.fixed_dictionaries(
+    {"workspace_id": workspace_ids, "end_when_caught_up": st.just(True)},
+    optional={"after_sequence": sequences},
+)
+watch_changes_open_specs = st.fixed_dictionaries(
+    {"workspace_id": workspace_ids},
+    optional={"after_sequence": sequences, "end_when_caught_up": st.just(False)},
+)
 
 # CSV files.
 _header_cells = st.one_of(
@@ -518,6 +721,9 @@ settings_specs = st.fixed_dictionaries(
         "email_updatable_by_id": st.booleans(),
         "sole_identifier_updatable": st.booleans(),
         "auto_merge": st.booleans(),
+        "event_retention_days": st.one_of(
+            st.sampled_from([0, 1, 30, 3650, 3651, -1, 2**31 - 1, -(2**31)]), st.integers(-5, 4000), int32
+        ),
     },
 )
 create_workspace_specs = st.fixed_dictionaries(
@@ -525,6 +731,7 @@ create_workspace_specs = st.fixed_dictionaries(
     optional={
         "workspace_id": st.one_of(workspace_ids, st.integers(0, 2**40).map("hz-{}".format)),
         "settings": settings_specs,
+        **WRITE_FIELDS,
     },
 )
 _mask_paths = st.one_of(
@@ -542,7 +749,7 @@ update_masks = st.one_of(
 )
 update_settings_specs = st.fixed_dictionaries(
     {"workspace_id": workspace_ids},
-    optional={"settings": settings_specs, "update_mask": update_masks, "validate_only": st.booleans()},
+    optional={"settings": settings_specs, "update_mask": update_masks, **WRITE_FIELDS},
 )
 
 SPECS: dict[str, st.SearchStrategy[dict]] = {
@@ -551,10 +758,14 @@ SPECS: dict[str, st.SearchStrategy[dict]] = {
     "DeleteIdentifier": delete_identifier_specs,
     "GetSettings": get_settings_specs,
     "GetPerson": person_specs,
-    "DeletePerson": person_specs,
+    "DeletePerson": delete_person_specs,
     "ImportPeople": import_specs,
     "CreateWorkspace": create_workspace_specs,
     "UpdateSettings": update_settings_specs,
+    "MergePeople": merge_people_specs,
+    "UnmergePeople": unmerge_people_specs,
+    "ListPersonHistory": list_person_history_specs,
+    "WatchChanges": watch_changes_specs,
 }
 
 # --------------------------------------------------------------------------- raw bytes
@@ -676,11 +887,12 @@ def _plain(value: struct_pb2.Value) -> Any:
     return None
 
 
-def _bad_ref(request: Any) -> str | None:
-    if not request.HasField("person"):
+def _bad_ref(request: Any, name: str = "person") -> str | None:
+    if not request.HasField(name):
         return "no person reference (R7)"
-    which = request.person.WhichOneof("ref")
-    value = getattr(request.person, which) if which else None
+    ref = getattr(request, name)
+    which = ref.WhichOneof("ref")
+    value = getattr(ref, which) if which else None
     if which is None:
         return "an empty person reference (R7)"
     if which == "cio_id" and not CIO_ID_SHAPE.fullmatch(value):
@@ -692,11 +904,16 @@ def _bad_ref(request: Any) -> str | None:
     return None
 
 
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+
 def must_refuse(method: str, request: Any, own: str) -> str | None:
     """Why no correct server may answer OK to this (decoded) request, or None. Conservative:
     only what the contract makes certain whatever the workspace's state and settings."""
     if not WORKSPACE_SHAPE.fullmatch(request.workspace_id):
         return "a malformed workspace_id (R8)"
+    if method in WRITES and request.request_id and not _UUID.fullmatch(request.request_id):
+        return "a request_id that is neither a UUID nor empty (R70)"
     if method == "Identify":
         for name in ("cio_id", "id", "email"):
             if request.HasField(name):
@@ -722,10 +939,23 @@ def must_refuse(method: str, request: Any, own: str) -> str | None:
                 encoded = json.dumps(_plain(value), ensure_ascii=False, separators=(",", ":")).encode()
                 if len(encoded) > 1200:  # R6 says 1000; a margin for number formatting
                     return "an attribute value of more than 1000 bytes of JSON (R6)"
-    if method in ("UpdateIdentifier", "DeleteIdentifier", "GetPerson", "DeletePerson"):
+    if method in ("UpdateIdentifier", "DeleteIdentifier", "GetPerson", "DeletePerson", "ListPersonHistory"):
         reason = _bad_ref(request)
         if reason:
             return reason
+    if method == "MergePeople":
+        for name in ("primary", "secondary"):
+            reason = _bad_ref(request, name)
+            if reason:
+                return f"{name}: {reason}"
+        if request.primary == request.secondary:
+            return "the same reference as primary and secondary (nobody, or the same person)"
+    if method == "UnmergePeople" and request.merge_sequence <= 0:
+        return "a merge_sequence that is not positive (R62)"
+    if method == "ListPersonHistory" and not 0 <= request.page_size <= 1000:
+        return "a page_size outside 0..1000"
+    if method == "WatchChanges" and request.after_sequence < 0:
+        return "a negative after_sequence (R52)"
     if method in ("UpdateIdentifier", "DeleteIdentifier"):
         if request.identifier not in (pb.IDENTIFIER_TYPE_ID, pb.IDENTIFIER_TYPE_EMAIL):
             return "an identifier type other than ID or EMAIL (R30)"
@@ -746,6 +976,8 @@ def must_refuse(method: str, request: Any, own: str) -> str | None:
             return "the workspace exists already"
         if request.HasField("settings") and request.settings.identifier_mode not in (0, 1, 2, 3):
             return "an unknown identifier mode"
+        if request.HasField("settings") and not 0 <= request.settings.event_retention_days <= MAX_RETENTION_DAYS:
+            return "an event_retention_days outside 1..3650 (0: the default)"
     if method == "UpdateSettings":
         paths = list(request.update_mask.paths)
         unknown = [p for p in paths if p not in (*SETTINGS_FIELDS, "*")]
@@ -754,4 +986,7 @@ def must_refuse(method: str, request: Any, own: str) -> str | None:
         mode = request.settings.identifier_mode
         if mode not in (0, 1, 2, 3) and (not paths or "identifier_mode" in paths or "*" in paths):
             return "an unknown identifier mode"
+        days = request.settings.event_retention_days
+        if not 0 <= days <= MAX_RETENTION_DAYS and (not paths or "event_retention_days" in paths or "*" in paths):
+            return "an event_retention_days outside 1..3650"
     return None

@@ -2,7 +2,11 @@
 identity.v1 (strings with NUL, control characters, newlines, any unicode but surrogates, up to
 100 KB; enum values out of range; attributes with NaN and Infinity nested in lists and dicts,
 nested up to 60 levels, 20 and more oversized; huge update masks and workspace ids; CSV files
-with NUL, blank lines, huge headers), raw bytes as requests, and calls without a known API key.
+with NUL, blank lines, huge headers; request_ids that are not UUIDs, or reused; page tokens
+that are not this request's, nested deep, or not base64; sequences and page sizes anywhere in
+int64/int32), raw bytes as requests, and calls without a known API key. WatchChanges is a
+server stream: its requests ask end_when_caught_up, so that a call ends; some do not, under a
+short deadline, and there DEADLINE_EXCEEDED is the expected end.
 
 For every call, whatever the input:
 - never INTERNAL, never UNKNOWN;
@@ -17,16 +21,18 @@ For every call, whatever the input:
   workspace gets PERMISSION_DENIED (with its ErrorInfo) for any other workspace_id, however
   long;
 - what the contract forbids is refused (hostile_strategies.must_refuse);
-- a refused call changes nothing (nor does a read, a validate_only UpdateSettings, or an import
-  whose every row was refused): the rows of the test's workspace, its settings row and the
-  number of workspaces are compared before and after every call;
+- a refused call changes nothing (nor does a read, a validate_only write, or an import whose
+  every row was refused): the rows of the test's workspace (people, change-log events, its
+  event counter, stored responses), its settings row, the number of workspaces and of stored
+  responses are compared before and after every call: a refused call appends no event;
 - ImportPeople: every refused row has a well-formed status, never INTERNAL.
 And after all that the service still serves.
 
-Each test runs in a workspace of its own (renewed every 250 calls), seeded with a few people so
-that hostile calls also meet real ones. Over 10,000 calls in all (the sum of max_examples, plus a
-few explicit examples), derandomized: the same cases on every run. The number of calls and the
-codes seen per RPC are printed at the end of the module (with or without -s)."""
+Each test runs in a workspace of its own (renewed every 250 calls), seeded with a few people and
+one merge of two more, so that hostile calls also meet real people, events and a merge to undo.
+Over 10,000 calls in all (the sum of max_examples, plus a few explicit examples), derandomized:
+the same cases on every run. The number of calls and the codes seen per RPC are printed at the
+end of the module (with or without -s)."""
 
 from __future__ import annotations
 
@@ -57,8 +63,12 @@ C = grpc.StatusCode
 MAX_RECEIVE = S.MAX_RECEIVE  # gRPC's default receive limit, the server's and a default client's
 MAX_TRAILERS = 8 * 1024  # a default client's (soft) limit on metadata
 CALL_TIMEOUT = 30.0
+# A WatchChanges stream without end_when_caught_up runs until its deadline: this one.
+OPEN_STREAM_TIMEOUT = 0.25
 # What the service may answer to anything, with details (README, "Status codes and reasons").
 ALLOWED = {C.OK, C.INVALID_ARGUMENT, C.NOT_FOUND, C.ALREADY_EXISTS, C.FAILED_PRECONDITION, C.ABORTED, C.UNAVAILABLE}
+# And to one method (the proto): a feed cursor older than what is kept, or ahead of the log (R52).
+ALLOWED_FOR = {"WatchChanges": {C.OUT_OF_RANGE}}
 GRPC_OWN_FOR_OVERSIZED = {C.RESOURCE_EXHAUSTED, C.DEADLINE_EXCEEDED, C.CANCELLED}
 MINE, ADMIN = "k-mine", "k-admin"
 
@@ -154,12 +164,21 @@ class Target:
                 )
             channel = self._lenient if lenient else self.channel
             # No serializers: the request goes out as the bytes given, the answer comes back as bytes.
-            self._calls[key] = channel.unary_unary(S.METHODS[method][0])
+            kind = channel.unary_stream if method in S.STREAMING else channel.unary_unary
+            self._calls[key] = kind(S.METHODS[method][0])
         return self._calls[key]
 
     def call(self, method: str, body: bytes, metadata: tuple = (), lenient: bool = False) -> Outcome:
+        """A unary call; or a stream read to its end (every message, then the status), under a
+        short deadline unless the request asks it to end once caught up."""
+        streaming = method in S.STREAMING
+        timeout = OPEN_STREAM_TIMEOUT if streaming and open_stream(method, _decode(method, body)) else CALL_TIMEOUT
         try:
-            response = self._callable(method, lenient)(body, timeout=CALL_TIMEOUT, metadata=metadata or None)
+            call = self._callable(method, lenient)(body, timeout=timeout, metadata=metadata or None)
+            if streaming:
+                messages = tuple(call)
+                return Outcome(C.OK, "", (), None, b"".join(messages), messages)
+            response = call
         except grpc.RpcError as error:
             return Outcome(error.code(), error.details() or "", tuple(error.trailing_metadata() or ()), error, None)
         return Outcome(C.OK, "", (), None, response)
@@ -176,6 +195,12 @@ class Outcome:
     trailers: tuple
     error: grpc.RpcError | None
     response: bytes | None
+    messages: tuple = ()  # a stream's, each as bytes
+
+
+def open_stream(method: str, request: pb_message.Message | None) -> bool:
+    """A WatchChanges request that does not ask to end once caught up: it ends at its deadline."""
+    return method in S.STREAMING and request is not None and not request.end_when_caught_up
 
 
 def trailer_size(outcome: Outcome) -> int:
@@ -197,7 +222,13 @@ SNAPSHOT = """
     SELECT (SELECT coalesce(string_agg(p.cio_id || ':' || md5(p::text), ',' ORDER BY p.cio_id), '')
               FROM people p WHERE p.workspace_id = %(w)s),
            (SELECT md5(w::text) FROM workspaces w WHERE w.workspace_id = %(w)s),
-           (SELECT count(*) FROM workspaces)
+           (SELECT count(*) FROM workspaces),
+           (SELECT coalesce(string_agg(e.sequence || ':' || md5(e::text), ',' ORDER BY e.sequence), '')
+              FROM person_events e WHERE e.workspace_id = %(w)s),
+           (SELECT s.last_sequence FROM event_sequences s WHERE s.workspace_id = %(w)s),
+           (SELECT coalesce(string_agg(r.request_id || ':' || md5(r::text), ',' ORDER BY r.request_id), '')
+              FROM stored_responses r WHERE r.workspace_id = %(w)s),
+           (SELECT count(*) FROM stored_responses)
 """
 
 
@@ -209,37 +240,54 @@ def snapshots(database_url: str) -> Iterator[psycopg.Connection]:
         yield conn
 
 
+def _row_diff(what: str, before: str, after: str) -> list[str]:
+    """What changed between two `key:md5(row)` lists."""
+    before_rows = dict(p.rsplit(":", 1) for p in before.split(",") if p)
+    after_rows = dict(p.rsplit(":", 1) for p in after.split(",") if p)
+    parts = []
+    added = sorted(set(after_rows) - set(before_rows))
+    removed = sorted(set(before_rows) - set(after_rows))
+    changed = sorted(k for k in set(before_rows) & set(after_rows) if before_rows[k] != after_rows[k])
+    if added:
+        parts.append(f"{what} added: {added[:5]}")
+    if removed:
+        parts.append(f"{what} removed: {removed[:5]}")
+    if changed:
+        parts.append(f"{what} changed: {changed[:5]}")
+    return parts
+
+
 @dataclass(frozen=True)
 class Snapshot:
     people: str  # cio_id:md5(row) of every person of the workspace, in cio_id order
     settings: str | None  # md5 of the workspace's settings row
     workspaces: int  # how many workspaces exist
+    events: str = ""  # sequence:md5(row) of every change-log event of the workspace
+    last_sequence: int | None = None  # the workspace's event counter
+    responses: str = ""  # request_id:md5(row) of every stored response of the workspace (R70)
+    all_responses: int = 0  # how many stored responses exist, in any workspace
 
     def diff(self, after: Snapshot) -> str:
         if self == after:
             return ""
-        before_rows = dict(p.split(":") for p in self.people.split(",") if p)
-        after_rows = dict(p.split(":") for p in after.people.split(",") if p)
-        parts = []
-        added = sorted(set(after_rows) - set(before_rows))
-        removed = sorted(set(before_rows) - set(after_rows))
-        changed = sorted(k for k in set(before_rows) & set(after_rows) if before_rows[k] != after_rows[k])
-        if added:
-            parts.append(f"people added: {added[:5]}")
-        if removed:
-            parts.append(f"people removed: {removed[:5]}")
-        if changed:
-            parts.append(f"people changed: {changed[:5]}")
+        parts = _row_diff("people", self.people, after.people)
+        parts += _row_diff("events", self.events, after.events)
+        parts += _row_diff("stored responses", self.responses, after.responses)
         if self.settings != after.settings:
             parts.append("the workspace's settings row changed")
         if self.workspaces != after.workspaces:
             parts.append(f"workspaces: {self.workspaces} -> {after.workspaces}")
+        if self.last_sequence != after.last_sequence:
+            parts.append(f"event counter: {self.last_sequence} -> {after.last_sequence}")
+        if self.all_responses != after.all_responses:
+            parts.append(f"stored responses in all workspaces: {self.all_responses} -> {after.all_responses}")
         return "; ".join(parts)
 
 
 class Arena:
-    """A workspace of the test's own, seeded with a few people. With `create`, a fresh one every
-    `renew_every` calls, so that the rows compared around each call stay few."""
+    """A workspace of the test's own, seeded with a few people and a merge of two more. With
+    `create`, a fresh one every `renew_every` calls, so that the rows compared around each call
+    stay few."""
 
     def __init__(
         self,
@@ -248,9 +296,12 @@ class Arena:
         workspace: str | None = None,
         create: Callable[[], str] | None = None,
         renew_every: int = 250,
+        merge: Callable[[pb.MergePeopleRequest], pb.MergePeopleResponse] | None = None,
     ):
         self.db = db
         self.seed = seed
+        self.merge = merge
+        self.merges: list[int] = []  # the sequences of the seeded merges' MERGED events
         self.create = create
         self.renew_every = renew_every
         self.calls = 0
@@ -262,7 +313,8 @@ class Arena:
     def _renew(self, workspace: str | None = None) -> None:
         self.workspace = workspace or (self.create() if self.create else self.workspace)
         self.seeds = []
-        for person in S.SEED_PEOPLE:
+        self.merges = []
+        for person in S.SEED_PEOPLE + S.SEED_MERGE:
             request = pb.IdentifyRequest(workspace_id=self.workspace)
             for name in ("id", "email"):
                 if name in person:
@@ -272,6 +324,22 @@ class Arena:
                 self.seeds.append(self.seed(request).person.cio_id)
             except grpc.RpcError:  # e.g. a mode left by an earlier UpdateSettings refuses it
                 pass
+        self.merge_seeded()
+
+    def merge_seeded(self) -> None:
+        """Merges the last two seeded people (again, after an UnmergePeople undid it): the
+        sequence of the MERGED event goes first in `merges`."""
+        if self.merge is not None and len(self.seeds) == S.SEEDS:
+            primary, secondary = self.seeds[-2:]
+            request = pb.MergePeopleRequest(
+                workspace_id=self.workspace,
+                primary=pb.PersonRef(cio_id=primary),
+                secondary=pb.PersonRef(cio_id=secondary),
+            )
+            try:
+                self.merges.insert(0, self.merge(request).merge_sequence)
+            except grpc.RpcError:  # merged already (a workspace seeded before), or deleted since
+                pass
         self.refresh()
 
     def next_call(self) -> None:
@@ -280,8 +348,8 @@ class Arena:
             self._renew()
 
     def snapshot(self) -> Snapshot:
-        people, settings_row, workspaces = self.db.execute(SNAPSHOT, {"w": self.workspace}, prepare=True).fetchone()
-        return Snapshot(people, settings_row, workspaces)
+        row = self.db.execute(SNAPSHOT, {"w": self.workspace}, prepare=True).fetchone()
+        return Snapshot(*row)
 
     def refresh(self) -> Snapshot:
         self.current = self.snapshot()
@@ -316,13 +384,13 @@ class Env:
 
     def request(self, method: str, spec: dict, **kw: Any) -> None:
         self.arena.next_call()  # (may renew the workspace: before the spec is resolved in it)
-        resolved = S.resolve(spec, self.arena.workspace, self.arena.seeds)
+        resolved = S.resolve(spec, self.arena.workspace, self.arena.seeds, self.arena.merges)
         body = S.build(method, resolved).SerializeToString()
         self.send(method, body, **kw)
 
     def raw(self, plan: S.Raw, **kw: Any) -> None:
         self.arena.next_call()
-        body = S.resolve(plan, self.arena.workspace, self.arena.seeds)
+        body = S.resolve(plan, self.arena.workspace, self.arena.seeds, self.arena.merges)
         kw.setdefault("label", f"raw:{plan.method}")
         self.send(plan.method, body, **kw)
 
@@ -344,6 +412,8 @@ class Env:
         after = self.arena.refresh()
         STATS[label][outcome.code.name] += 1
         if request is None:
+            if expect_if_undecodable and outcome.code not in (expect or ()):
+                expect_reason = None  # refused as undecodable (MALFORMED_REQUEST), before the expected check
             expect = expect_if_undecodable or expect or {C.INVALID_ARGUMENT}
         try:
             self._judge(label, method, body, request, metadata, outcome, before, after, expect, expect_reason)
@@ -357,6 +427,11 @@ class Env:
                 f"{'' if seen.response is None else f' and an answer of {len(seen.response)} bytes'}: "
                 f"{seen.details[:200]!r}"
             ) from None
+        if outcome.code == C.OK and request is not None and not getattr(request, "validate_only", True):
+            if method == "MergePeople":  # a merge for UnmergePeople to undo next
+                self.arena.merges.insert(0, pb.MergePeopleResponse.FromString(outcome.response).merge_sequence)
+            elif method == "UnmergePeople":  # the seeded merge again, if that was the one undone
+                self.arena.merge_seeded()
 
     def _judge(
         self,
@@ -375,19 +450,26 @@ class Env:
         if code in (C.INTERNAL, C.UNKNOWN):
             _fail(InternalOrUnknown, label, outcome, "INTERNAL/UNKNOWN")
 
-        # Nothing changed by a refused call (nor by a read, a validate_only change, or an import
-        # that applied no row).
+        # Nothing changed by a refused call (nor by a read, a validate_only write, or an import
+        # that applied no row): no person, setting, event or stored response.
         import_response = None
         if code == C.OK and method == "ImportPeople":
             import_response = pb.ImportPeopleResponse.FromString(outcome.response)
         unchanged = (
             code != C.OK
             or method in S.READ_ONLY
-            or (method == "UpdateSettings" and request is not None and request.validate_only)
+            or (method in S.WRITES and request is not None and request.validate_only)
             or (import_response is not None and import_response.applied_count == 0)
         )
         if unchanged and (change := before.diff(after)):
             _fail(RefusedCallChangedState, label, outcome, f"stored data changed: {change}")
+
+        # A stream without end_when_caught_up ends at its deadline (gRPC's own status); never OK.
+        if open_stream(method, request) and expect is None:
+            if code == C.DEADLINE_EXCEEDED:
+                return
+            if code == C.OK:
+                _fail(WrongCode, label, outcome, "a stream without end_when_caught_up ended on its own")
 
         oversized = len(body) > MAX_RECEIVE
         if code != C.OK:
@@ -412,7 +494,8 @@ class Env:
             if code not in expect:
                 _fail(WrongCode, label, outcome, f"expected {sorted(c.name for c in expect)}")
         else:
-            if code not in self.allowed and not (code == C.RESOURCE_EXHAUSTED and oversized):
+            allowed = self.allowed | ALLOWED_FOR.get(method, set())
+            if code not in allowed and not (code == C.RESOURCE_EXHAUSTED and oversized):
                 _fail(WrongCode, label, outcome, "a code the service never answers")
             if code == C.OK and request is not None:
                 reason = S.must_refuse(method, request, self.arena.workspace)
@@ -423,6 +506,9 @@ class Env:
             self._judge_status(label, request, outcome, status, expect_reason)
         if import_response is not None:
             self._judge_import(label, outcome, import_response)
+        for message in outcome.messages:  # each streamed message whole, and one of the method's
+            assert len(message) < MAX_RECEIVE
+            S.METHODS[method][2].FromString(message)
 
     def _judge_status(
         self, label: str, request: pb_message.Message | None, outcome: Outcome, status: Any, expect_reason: str | None
@@ -508,7 +594,12 @@ class Env:
 def hostile(server, channel, stub, snapshots, make_workspace) -> Iterator[Env]:
     """The shared test server, and a workspace of this test's own."""
     target = Target(channel, f"127.0.0.1:{server.port}")
-    arena = Arena(snapshots, lambda r: stub.Identify(r, timeout=CALL_TIMEOUT), create=make_workspace)
+    arena = Arena(
+        snapshots,
+        lambda r: stub.Identify(r, timeout=CALL_TIMEOUT),
+        create=make_workspace,
+        merge=lambda r: stub.MergePeople(r, timeout=CALL_TIMEOUT),
+    )
     yield Env(target, arena)
     target.close()
 
@@ -538,7 +629,12 @@ def keyed_server(start_server, workspace_stub) -> Iterator[KeyedServer]:
 def _keyed_env(keyed: KeyedServer, db: psycopg.Connection, workspace: str, metadata: tuple = ()) -> Env:
     admin = (("authorization", f"Bearer {ADMIN}"),)
     stub = pb_grpc.IdentityServiceStub(keyed.channel)
-    arena = Arena(db, lambda r: stub.Identify(r, timeout=CALL_TIMEOUT, metadata=admin), workspace=workspace)
+    arena = Arena(
+        db,
+        lambda r: stub.Identify(r, timeout=CALL_TIMEOUT, metadata=admin),
+        workspace=workspace,
+        merge=lambda r: stub.MergePeople(r, timeout=CALL_TIMEOUT, metadata=admin),
+    )
     return Env(Target(keyed.channel, f"127.0.0.1:{keyed.port}"), arena, metadata)
 
 
@@ -576,46 +672,101 @@ HOSTILE = settings(
 )
 
 
-@settings(HOSTILE, max_examples=1900)
+@settings(HOSTILE, max_examples=1500)
 @given(spec=S.SPECS["Identify"])
 def test_identify(hostile, spec):
     hostile.request("Identify", spec)
 
 
-@settings(HOSTILE, max_examples=800)
+@settings(HOSTILE, max_examples=600)
 @given(spec=S.SPECS["UpdateIdentifier"])
 def test_update_identifier(hostile, spec):
     hostile.request("UpdateIdentifier", spec)
 
 
-@settings(HOSTILE, max_examples=600)
+@settings(HOSTILE, max_examples=450)
 @given(spec=S.SPECS["DeleteIdentifier"])
 def test_delete_identifier(hostile, spec):
     hostile.request("DeleteIdentifier", spec)
 
 
-@settings(HOSTILE, max_examples=500)
+@settings(HOSTILE, max_examples=350)
 @given(spec=S.SPECS["GetSettings"])
 def test_get_settings(hostile, spec):
     hostile.request("GetSettings", spec)
 
 
-@settings(HOSTILE, max_examples=650)
+@settings(HOSTILE, max_examples=500)
 @given(spec=S.SPECS["GetPerson"])
 def test_get_person(hostile, spec):
     hostile.request("GetPerson", spec)
 
 
-@settings(HOSTILE, max_examples=600)
+@settings(HOSTILE, max_examples=500)
 @given(spec=S.SPECS["DeletePerson"])
 def test_delete_person(hostile, spec):
     hostile.request("DeletePerson", spec)
 
 
-@settings(HOSTILE, max_examples=650)
+@settings(HOSTILE, max_examples=550)
 @given(spec=S.SPECS["ImportPeople"])
 def test_import_people(hostile, spec):
     hostile.request("ImportPeople", spec)
+
+
+@settings(HOSTILE, max_examples=600)
+@given(spec=S.SPECS["MergePeople"])
+def test_merge_people(hostile, spec):
+    hostile.request("MergePeople", spec)
+
+
+@settings(HOSTILE, max_examples=450)
+@given(spec=S.SPECS["UnmergePeople"])
+def test_unmerge_people(hostile, spec):
+    hostile.request("UnmergePeople", spec)
+
+
+@settings(HOSTILE, max_examples=650)
+@given(spec=S.SPECS["ListPersonHistory"])
+def test_list_person_history(hostile, spec):
+    hostile.request("ListPersonHistory", spec)
+
+
+# Regressions found by test_list_person_history (INTERNAL "internal error"): a page token is
+# decoded by service/usecases/service.py _history_token_before, which catches ValueError,
+# TypeError, binascii.Error and UnicodeError from json.loads, but not RecursionError (JSON nested
+# past Python's recursion limit), and whose check isinstance(before, int) lets through a bool
+# and any int beyond int64: Postgres then fails the history query (cannot cast boolean to bigint;
+# bigint out of range).
+_SEED_0 = {"workspace_id": S.OWN, "person": {"cio_id": S.Seed(0)}}
+
+
+@settings(HOSTILE, phases=(Phase.explicit,))
+@example(spec={**_SEED_0, "page_token": S.Token(text=S.Long("[", 100_000))})
+@example(spec={**_SEED_0, "page_token": S.Token(text=S.Long('{"a":', 100_000))})
+@example(spec={**_SEED_0, "page_token": S.Token((S.OWN, "cio_id", S.Seed(0), True))})
+@example(spec={**_SEED_0, "page_token": S.Token((S.OWN, "cio_id", S.Seed(0), 2**63))})
+@example(spec={**_SEED_0, "page_token": S.Token((S.OWN, "cio_id", S.Seed(0), -(2**63) - 1))})
+@example(spec={**_SEED_0, "person": {"id": "seed-1"}, "page_token": S.Token((S.OWN, "id", "seed-1", 10**30))})
+@given(spec=S.SPECS["ListPersonHistory"])
+def test_list_person_history_page_tokens_found_before(hostile, spec):
+    hostile.request("ListPersonHistory", spec, label="ListPersonHistory:regressions")
+
+
+@settings(HOSTILE, max_examples=450)
+@given(spec=S.SPECS["WatchChanges"])
+def test_watch_changes(hostile, spec):
+    """Streams that end once caught up: every event of the workspace, then OK (or a refusal)."""
+    hostile.request("WatchChanges", spec)
+
+
+@settings(HOSTILE, max_examples=40)
+@example(spec={"workspace_id": S.OWN})
+@given(spec=S.watch_changes_open_specs)
+def test_watch_changes_until_the_deadline(hostile, spec):
+    """Streams that do not end once caught up: refused at once, or DEADLINE_EXCEEDED at the
+    client's (short) deadline, never OK on their own."""
+    hostile.request("WatchChanges", spec, label="WatchChanges:open")
 
 
 @settings(HOSTILE, max_examples=6)
@@ -627,19 +778,19 @@ def test_import_with_a_long_error_on_every_row(hostile, csv):
     hostile.request("ImportPeople", {"workspace_id": S.OWN, "csv": csv}, label="ImportPeople:long-errors")
 
 
-@settings(HOSTILE, max_examples=600)
+@settings(HOSTILE, max_examples=450)
 @given(spec=S.SPECS["CreateWorkspace"])
 def test_create_workspace(hostile, spec):
     hostile.request("CreateWorkspace", spec)
 
 
-@settings(HOSTILE, max_examples=850)
+@settings(HOSTILE, max_examples=650)
 @given(spec=S.SPECS["UpdateSettings"])
 def test_update_settings(hostile, spec):
     hostile.request("UpdateSettings", spec)
 
 
-@settings(HOSTILE, max_examples=300)
+@settings(HOSTILE, max_examples=250)
 @example(spec={"workspace_id": S.OWN, "id": "ab100", "attributes": {"a": S.Deep(34, "d", "x")}})
 @given(
     spec=st.fixed_dictionaries(
@@ -673,7 +824,7 @@ def test_without_a_known_key_every_call_is_unauthenticated(keyed_mine, plan, aut
     keyed_mine.raw(plan, metadata=auth, expect={C.UNAUTHENTICATED}, label=f"no-key:{plan.method}")
 
 
-@settings(HOSTILE, max_examples=400)
+@settings(HOSTILE, max_examples=450)
 @example(call=("GetSettings", {}, S.Long("w", 20_000)))
 @given(
     call=st.one_of(
@@ -697,7 +848,7 @@ def test_a_scoped_key_is_denied_any_other_workspace(keyed_theirs, keyed_server, 
     )
 
 
-@settings(HOSTILE, max_examples=200)
+@settings(HOSTILE, max_examples=250)
 @given(plan=S.raw_requests)
 def test_with_the_admin_key_hostile_bytes_are_judged_as_without_keys(keyed_mine, plan):
     keyed_mine.raw(plan, metadata=(("authorization", f"Bearer {ADMIN}"),), label=f"admin-key:{plan.method}")
