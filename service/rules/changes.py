@@ -44,7 +44,7 @@ def apply_to_person(
         raise FailedPrecondition(
             "PERSON_ATTRIBUTE_LIMIT",
             f"the person would have {len(merged)} attributes; at most {MAX_ATTRIBUTES} are allowed",
-            {"field": "attributes", "limit": str(MAX_ATTRIBUTES)},
+            {"field": "attributes", "limit": str(MAX_ATTRIBUTES), "rule": "R6"},
         )
     return replace(person, id=new_id, email=new_email, attributes=merged, updated_at=now)
 

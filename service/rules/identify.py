@@ -124,7 +124,9 @@ def decide_identify(
         if b is None:
             # R11 row "none, none": create (unless update_only).
             if req.update_only:
-                raise NotFound("PERSON_NOT_FOUND", "no person matches and update_only is set", {"update_only": "true"})
+                raise NotFound(
+                    "PERSON_NOT_FOUND", "no person matches and update_only is set", {"update_only": "true", "rule": "R11"}
+                )
             new = Person(new_cio_id, None, None, {}, now, now)
             person = _update(new, parts, now, set_id=parts.id, set_email=parts.email)
             return Decision(Write.INSERT, person, outcome=Outcome.CREATED, rule="R11")
@@ -152,7 +154,7 @@ def decide_identify(
         "IDENTIFIER_ALREADY_EXISTS",
         f"id {parts.id!r} and email {parts.email!r} belong to two different people who cannot be "
         "merged automatically",
-        {"field": "email", "owner_cio_id": b.cio_id, "id_owner_cio_id": a.cio_id},
+        {"field": "email", "owner_cio_id": b.cio_id, "id_owner_cio_id": a.cio_id, "rule": "R11"},
     )
 
 
@@ -164,7 +166,7 @@ def _identify_by_cio_id(
     mode = settings.mode
     person = find(mode, people, Field.CIO_ID, req.cio_id)
     if person is None:
-        raise NotFound("PERSON_NOT_FOUND", f"no person with cio_id {req.cio_id!r}", {"field": "cio_id"})
+        raise NotFound("PERSON_NOT_FOUND", f"no person with cio_id {req.cio_id!r}", {"field": "cio_id", "rule": "R10"})
     new_id = new_email = None
     if req.from_import and parts.id is not None and person.id is not None and parts.id != person.id:
         # R25: only a cio_id reference outside an import can change an id (this is the only
@@ -173,7 +175,7 @@ def _identify_by_cio_id(
             "ID_CHANGE_IN_IMPORT",
             "an import never changes an existing person's id; change it with UpdateIdentifier "
             "through a cio_id reference",
-            {"field": "id", "cio_id": person.cio_id},
+            {"field": "id", "cio_id": person.cio_id, "rule": "R25"},
         )
     if parts.id is not None:
         owner = find(mode, people, Field.ID, parts.id)

@@ -74,7 +74,7 @@ def require_merge(found: Recorded | None, sequence: int) -> Recorded:
         raise NotFound(
             "MERGE_NOT_FOUND",
             f"no merge with sequence {sequence} in the change log (or it is older than its retention)",
-            {"field": "merge_sequence", "merge_sequence": str(sequence)},
+            {"field": "merge_sequence", "merge_sequence": str(sequence), "rule": "R62"},
         )
     return found
 
@@ -95,14 +95,14 @@ def decide_unmerge(
         raise FailedPrecondition(
             "ALREADY_UNMERGED",
             f"the merge {merge.sequence} was undone already",
-            {"merge_sequence": str(merge.sequence), "cio_id": secondary.cio_id},
+            {"merge_sequence": str(merge.sequence), "cio_id": secondary.cio_id, "rule": "R62"},
         )
     primary = find(mode, people, Field.CIO_ID, event.cio_id)
     if primary is None:
         raise FailedPrecondition(
             "UNMERGE_CONFLICT",
             f"the merge's primary {event.cio_id!r} was deleted since",
-            {"field": "cio_id", "cio_id": event.cio_id, "merge_sequence": str(merge.sequence)},
+            {"field": "cio_id", "cio_id": event.cio_id, "merge_sequence": str(merge.sequence), "rule": "R62"},
         )
     gives_back: dict[str, None] = {}
     for field in _FIELDS:
@@ -132,5 +132,5 @@ def _conflict(merge: Recorded, field: Field, value: str, owner: str, why: str) -
     raise FailedPrecondition(
         "UNMERGE_CONFLICT",
         f"the secondary's {field.value} {value!r} {why} since the merge",
-        {"field": field.value, "owner_cio_id": owner, "merge_sequence": str(merge.sequence)},
+        {"field": field.value, "owner_cio_id": owner, "merge_sequence": str(merge.sequence), "rule": "R62"},
     )

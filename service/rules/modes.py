@@ -143,6 +143,7 @@ def decide_settings_change(
                 {
                     "identifier_mode": new.mode.value,
                     "offending_count": str(result.offending),
+                    "rule": "R2",
                     "sample_cio_ids": ",".join(result.sample[:SAMPLE_SIZE]),
                 },
             )

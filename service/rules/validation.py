@@ -80,7 +80,9 @@ def require_workspace(settings: Settings | None, workspace_id: str) -> Settings:
     the database holds for it, if anything."""
     if settings is None:
         raise NotFound(
-            "WORKSPACE_NOT_FOUND", f"workspace {workspace_id!r} does not exist", {"workspace_id": workspace_id}
+            "WORKSPACE_NOT_FOUND",
+            f"workspace {workspace_id!r} does not exist",
+            {"workspace_id": workspace_id, "rule": "R8"},
         )
     return settings
 

@@ -56,6 +56,7 @@ FEED_PAGE = 500  # events read per query by a change-feed stream: its memory bou
 HISTORY_PAGE_DEFAULT, HISTORY_PAGE_MAX = 100, 1000
 MAX_MERGE_DEPTH = 100  # merges followed from a person, for its history (R53) and erasure (R54)
 PURGE_BATCH = 1000
+_FIRST_PAGE = 2**62  # "before" of the first page of a history: above every sequence
 
 
 def _now() -> datetime:
@@ -351,7 +352,7 @@ class IdentityService:
         if page_size < 0 or page_size > HISTORY_PAGE_MAX:
             raise invalid("page_size", f"must be 0 (the default, {HISTORY_PAGE_DEFAULT}) to {HISTORY_PAGE_MAX}", "INVALID_PAGE_SIZE")
         limit = page_size or HISTORY_PAGE_DEFAULT
-        before = _history_token_before(page_token, workspace_id, ref) if page_token else 2**62
+        before = _history_token_before(page_token, workspace_id, ref) if page_token else _FIRST_PAGE
 
         async def work(repo: Repository) -> tuple[list[Recorded], str]:
             found, people = await repo.load(workspace_id, lookup, Lock.NONE)
@@ -479,8 +480,10 @@ def _history_token_before(token: str, workspace_id: str, ref: Ref) -> int:
     try:
         padded = token + "=" * (-len(token) % 4)
         ws, field, value, before = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
-        valid = [ws, field, value] == [workspace_id, ref.field.value, ref.value] and isinstance(before, int)
-    except (ValueError, TypeError, binascii.Error, UnicodeError):
+        valid = [ws, field, value] == [workspace_id, ref.field.value, ref.value] and (
+            type(before) is int and 0 < before <= _FIRST_PAGE  # a sequence, as a token of ours holds
+        )
+    except (ValueError, TypeError, binascii.Error, UnicodeError, RecursionError):
         valid = False
     if not valid:
         raise invalid("page_token", "is not a token of this request's previous page", "INVALID_PAGE_TOKEN")

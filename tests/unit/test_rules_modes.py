@@ -126,6 +126,7 @@ def test_r2_mode_change_refused_with_count_and_sample(current, new, check, reaso
     assert err.metadata == {
         "identifier_mode": new.value,
         "offending_count": "3",
+        "rule": "R2",
         "sample_cio_ids": f"{cio(1)},{cio(2)},{cio(3)}",
     }
     assert "3" in err.message and new.value in err.message

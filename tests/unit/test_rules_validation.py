@@ -573,7 +573,7 @@ def test_r6_stored_person_is_limited_to_300_attributes():
     with pytest.raises(FailedPrecondition) as info:
         identify.decide_identify(ws(), req, [full], NOW, "n" * 20)
     assert info.value.reason == "PERSON_ATTRIBUTE_LIMIT"
-    assert info.value.metadata == {"field": "attributes", "limit": "300"}
+    assert info.value.metadata == {"field": "attributes", "limit": "300", "rule": "R6"}
     # Replacing one of the 300 is fine.
     decision = identify.decide_identify(
         ws(), IdentifyInput(WS, id="ab100", attributes={"a0": "new"}), [full], NOW, "n" * 20
