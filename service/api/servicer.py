@@ -17,7 +17,8 @@ from service.errors import DomainError, InvalidArgument
 from service.rules.validation import check_workspace_id
 from service.usecases import IdentityService
 
-MAX_IMPORT_ERRORS = 1000  # refused rows reported in full; past it, counted only
+MAX_IMPORT_ERRORS = 1000
+EXPORT_MESSAGE_BYTES = 1 << 20  # refused rows reported in full; past it, counted only
 
 
 def _call(method: str, request: Any, encode: Callable[[Any], tuple[bytes, list[str]]]) -> Call:
@@ -123,6 +124,20 @@ class IdentityApi:
             request.workspace_id, parts["ref"], request.page_size, request.page_token
         )
         return pb.ListPersonHistoryResponse(events=[convert.event_to_pb(e) for e in events], next_page_token=token)
+
+    async def ExportPeople(self, request: pb.ExportPeopleRequest) -> AsyncIterator[pb.ExportPeopleResponse]:
+        """Server streaming (R82): batches of at most 1,000 people and about 1 MiB."""
+        response, size = pb.ExportPeopleResponse(), 0
+        async for people in self.service.export_people(request.workspace_id):
+            for person in people:
+                message = convert.person_to_pb(person)
+                size += message.ByteSize() + 6  # the field's tag and length
+                response.people.append(message)
+                if len(response.people) >= 1000 or size >= EXPORT_MESSAGE_BYTES:
+                    yield response
+                    response, size = pb.ExportPeopleResponse(), 0
+        if response.people:
+            yield response
 
     async def WatchChanges(self, request: pb.WatchChangesRequest) -> AsyncIterator[pb.WatchChangesResponse]:
         """Server streaming (R52): the edge writes each response to the stream."""

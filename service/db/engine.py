@@ -3,6 +3,7 @@ SQLAlchemy engine that migrations run on."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -24,6 +25,24 @@ def sqlalchemy_url(database_url: str) -> str:
     raise ValueError("DATABASE_URL must be a postgresql:// URL")
 
 
+# The plan-cache mode of every connection (DB_PLAN_CACHE_MODE). On plain Postgres the default,
+# force_generic_plan: see connection_options. On Citus it must be `auto`: the coordinator cannot
+# route a generic plan of a statement more complex than a single-table lookup (the workspace is a
+# parameter when the plan is made), and force_generic_plan leaves it no other plan, so it refuses
+# ("could not create distributed plan"); with `auto`, Citus steers those statements to custom plans
+# (routed by the bound workspace) and keeps generic plans for the single-table ones it can route at
+# execution time (tests/citus/test_routing.py). service/db/citus.py distributes the tables.
+PLAN_CACHE_MODES = ("force_generic_plan", "auto", "force_custom_plan")
+DEFAULT_PLAN_CACHE_MODE = "force_generic_plan"
+
+
+def plan_cache_mode() -> str:
+    mode = os.environ.get("DB_PLAN_CACHE_MODE", "") or DEFAULT_PLAN_CACHE_MODE
+    if mode not in PLAN_CACHE_MODES:
+        raise ValueError(f"DB_PLAN_CACHE_MODE must be one of {', '.join(PLAN_CACHE_MODES)}, not {mode!r}")
+    return mode
+
+
 def connection_options(application_name: str = "identity-service") -> dict[str, object]:
     """libpq connection parameters of every connection the service opens."""
     return {
@@ -35,8 +54,8 @@ def connection_options(application_name: str = "identity-service") -> dict[str, 
         " -c idle_in_transaction_session_timeout=60000"
         # A generic plan for every prepared statement: the hot statements are written so that
         # their generic plans are index-bound (tests/db/test_plans.py), and re-planning each
-        # call doubled Postgres CPU per call.
-        " -c plan_cache_mode=force_generic_plan",
+        # call doubled Postgres CPU per call. (Citus: DB_PLAN_CACHE_MODE=auto, see plan_cache_mode.)
+        f" -c plan_cache_mode={plan_cache_mode()}",
     }
 
 

@@ -8,7 +8,7 @@ trip); the rare statements (a settings change, R2's checks) run when called."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Iterable, Sequence
+from typing import Any, AsyncIterator, Iterable, Sequence
 
 import psycopg
 import sqlalchemy as sa
@@ -218,6 +218,16 @@ class Repository:
         params = {"workspace_id": workspace_id, "cio_ids": cio_ids}
         self.staged.append((sql.ERASE_EVENTS_SQL, params))
         self.staged.append((sql.ERASE_RESPONSES_SQL, params))
+
+    # --- export (R82) ---
+
+    async def export_people(self, workspace_id: str, batch: int) -> AsyncIterator[list[Person]]:
+        """The workspace's people in cio_id order, `batch` at a time, through a server-side
+        cursor: memory holds one batch, whatever the workspace's size."""
+        async with self.conn.cursor(name="export") as cur:
+            await cur.execute(sql.EXPORT_SQL, {"workspace_id": workspace_id})
+            while rows := await cur.fetchmany(batch):
+                yield [Person(*row) for row in rows]
 
     # --- stored responses (R70) ---
 

@@ -432,3 +432,8 @@ PURGE_RESPONSES_SQL = _sql(
     )
     .returning(stored_responses.c.request_id)
 )
+
+# --- Export (R82): a workspace's people in cio_id order (the primary key's order) ---
+EXPORT_SQL = _sql(
+    sa.select(*PERSON_COLUMNS).where(people.c.workspace_id == sa.bindparam("workspace_id")).order_by(people.c.cio_id)
+)

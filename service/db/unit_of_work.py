@@ -7,8 +7,9 @@ deadline bounds its database work."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
-from typing import Awaitable, Callable, TypeVar
+from typing import AsyncIterator, Awaitable, Callable, TypeVar
 
 import psycopg
 import psycopg.errors
@@ -128,6 +129,42 @@ class UnitOfWork:
             except BaseException:
                 await _end_failed(conn, repo.wrote)
                 raise
+
+
+class Snapshot:
+    """A read-only REPEATABLE READ transaction on a pooled connection, held while a stream reads
+    one consistent snapshot (R82). At most `limit` per process at a time, so that long reads
+    never take the pool from the calls."""
+
+    def __init__(self, uow: UnitOfWork, limit: int = 2):
+        self.uow = uow
+        self.slots = asyncio.Semaphore(limit)
+
+    @contextlib.asynccontextmanager
+    async def open(self) -> AsyncIterator[Repository]:
+        if not self.uow.available():
+            raise _unavailable()
+        async with self.slots:
+            try:
+                async with self.uow.pool.connection() as conn:
+                    await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                    try:
+                        yield Repository(conn)
+                    finally:
+                        # Read only: COMMIT ends it as ROLLBACK would, and keeps psycopg's
+                        # prepared statements (see _end_failed). A connection still busy (the
+                        # stream was cancelled mid-fetch) is left to the pool, which discards it.
+                        status = conn.info.transaction_status
+                        if status == TransactionStatus.INTRANS:
+                            await conn.execute("COMMIT")
+                        elif status == TransactionStatus.INERROR:
+                            await conn.rollback()
+            except _TIMEOUT_ERRORS as error:
+                raise _deadline_exceeded() from error
+            except PoolTimeout as error:
+                raise Unavailable("DATABASE_BUSY", "no database connection was free in time; retry later") from error
+            except psycopg.OperationalError as error:
+                raise _unavailable() from error
 
 
 async def _end_failed(conn: psycopg.AsyncConnection, wrote: bool) -> None:

@@ -5,16 +5,18 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import datetime
 
-from service.domain import Field, Person, Ref, Settings
+from service.domain import Field, JsonValue, Person, Ref, Settings
 from service.errors import FailedPrecondition, NotFound, invalid
 from service.rules.changes import apply_to_person, same_json
 from service.rules.decisions import ABSENT, Decision, Lookup, Taken, Write
 from service.rules.events import EventKind, Recorded
 from service.rules.identifiers import current_value, find, lookup_for, resolve, shape
 from service.rules.identify import taken_attributes
+from service.rules.modes import is_identifier
 from service.rules.validation import check_workspace_id, raise_if
 
 _FIELDS = (Field.ID, Field.EMAIL)
+_FIELD_NAMES = {f.value for f in _FIELDS}
 
 
 def merge_lookup(workspace_id: str, primary: Ref, secondary: Ref) -> Lookup:
@@ -40,9 +42,14 @@ def decide_merge(settings: Settings, primary_ref: Ref, secondary_ref: Ref, peopl
     if primary.cio_id == secondary.cio_id:
         raise invalid("secondary", "names the same person as primary", "SAME_PERSON")
     took = taken_attributes(primary, secondary)
-    fields = tuple(f for f in _FIELDS if current_value(primary, f) is None and current_value(secondary, f) is not None)
-    values = {f.value: current_value(secondary, f) for f in fields}
-    person = apply_to_person(primary, now, attributes={n: v for n, (_, v) in took.items()}, **values)
+    lacking = [f for f in _FIELDS if current_value(primary, f) is None and current_value(secondary, f) is not None]
+    # An identifier the primary lacks is taken (R60); id or email where it is an attribute of the
+    # mode (R12) is taken as an attribute is (R13), and undone as one (R62).
+    fields = tuple(f for f in lacking if is_identifier(settings.mode, f))
+    took.update({f.value: (ABSENT, current_value(secondary, f)) for f in lacking if f not in fields})
+    values = {f.value: current_value(secondary, f) for f in lacking}
+    attributes = {n: v for n, (_, v) in took.items() if n not in values}
+    person = apply_to_person(primary, now, attributes=attributes, **values)  # type: ignore[arg-type]
     if person is primary:
         person = replace(primary, updated_at=now)  # a merge always changes the primary
     return Decision(Write.UPDATE, person, deleted=(secondary.cio_id,), rule="R60", taken=Taken(fields, took))
@@ -107,7 +114,7 @@ def decide_unmerge(
     gives_back: dict[str, None] = {}
     for field in _FIELDS:
         value = current_value(secondary, field)
-        if value is None:
+        if value is None or not is_identifier(mode, field):  # an attribute of the mode: no owner
             continue
         owner = find(mode, people, field, value)
         if field in taken.identifiers:
@@ -116,11 +123,13 @@ def decide_unmerge(
             gives_back[field.value] = None
         elif owner is not None:
             _conflict(merge, field, value, owner.cio_id, "belongs to another person")
-    restore = {
-        name: (None if was is ABSENT else was)
-        for name, (was, took) in taken.attributes.items()
-        if same_json(primary.attributes.get(name, ABSENT), took)  # unchanged since the merge
-    }
+    restore: dict[str, JsonValue] = {}
+    for name, (was, took) in taken.attributes.items():
+        if name in _FIELD_NAMES and not is_identifier(mode, Field(name)):
+            if current_value(primary, Field(name)) == took:  # id or email as an attribute (R12)
+                gives_back[name] = None
+        elif same_json(primary.attributes.get(name, ABSENT), took):  # unchanged since the merge
+            restore[name] = None if was is ABSENT else was
     after = apply_to_person(primary, now, attributes=restore, **gives_back)  # type: ignore[arg-type]
     if after is primary:
         after = replace(primary, updated_at=now)

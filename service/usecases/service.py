@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
 from service.db.repository import Lock, Repository
-from service.db.unit_of_work import UnitOfWork, Work
+from service.db.unit_of_work import Snapshot, UnitOfWork, Work
 from service import metrics
 from service.db.notifier import Closing, Notifier
 from service.domain import (
@@ -56,6 +56,7 @@ FEED_PAGE = 500  # events read per query by a change-feed stream: its memory bou
 HISTORY_PAGE_DEFAULT, HISTORY_PAGE_MAX = 100, 1000
 MAX_MERGE_DEPTH = 100  # merges followed from a person, for its history (R53) and erasure (R54)
 PURGE_BATCH = 1000
+EXPORT_BATCH = 1000
 _FIRST_PAGE = 2**62  # "before" of the first page of a history: above every sequence
 
 
@@ -122,6 +123,7 @@ class IdentityService:
 
     def __init__(self, uow: UnitOfWork, after_commit: Callable[[Call], Awaitable[None]] | None = None):
         self.uow = uow
+        self.snapshots = Snapshot(uow)
         # A test hook (service.runtime.server's IDENTITY_TEST_PAUSE_AFTER_COMMIT): runs after a
         # call that writes has committed, before its answer is sent, to prove R70 when a process
         # dies in between.
@@ -340,6 +342,15 @@ class IdentityService:
         # A mode change checks and rekeys every person of the workspace: allow it more than the
         # session's cap per statement (the client's deadline still bounds it).
         return await self._run_call(call, workspace_id, work, cap=MODE_CHANGE_STATEMENT_CAP_S)
+
+    async def export_people(self, workspace_id: str, batch: int = EXPORT_BATCH) -> AsyncIterator[list[Person]]:
+        """R82: every person of the workspace as of one snapshot (the settings read in it too),
+        presented in its mode, `batch` at a time."""
+        raise_if(check_workspace_id(workspace_id))
+        async with self.snapshots.open() as repo:
+            settings = require_workspace(await repo.settings(workspace_id), workspace_id)
+            async for people in repo.export_people(workspace_id, batch):
+                yield [modes.presented(settings.mode, person) for person in people]
 
     # --- the change log (R51-R54) ---
 

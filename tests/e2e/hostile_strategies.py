@@ -48,9 +48,10 @@ METHODS: dict[str, tuple[str, type, type]] = {
         f"/{IDENTITY}/ListPersonHistory", pb.ListPersonHistoryRequest, pb.ListPersonHistoryResponse
     ),
     "WatchChanges": (f"/{IDENTITY}/WatchChanges", pb.WatchChangesRequest, pb.WatchChangesResponse),
+    "ExportPeople": (f"/{IDENTITY}/ExportPeople", pb.ExportPeopleRequest, pb.ExportPeopleResponse),
 }
-READ_ONLY = {"GetSettings", "GetPerson", "ListPersonHistory", "WatchChanges"}
-STREAMING = {"WatchChanges"}  # server streaming: every response read, then the status
+READ_ONLY = {"GetSettings", "GetPerson", "ListPersonHistory", "WatchChanges", "ExportPeople"}
+STREAMING = {"WatchChanges", "ExportPeople"}  # server streaming: every response read, then the status
 # The requests that write, each with request_id (R70) and validate_only (R71).
 WRITES = {
     "Identify", "UpdateIdentifier", "DeleteIdentifier", "DeletePerson", "MergePeople", "UnmergePeople",
@@ -766,6 +767,7 @@ SPECS: dict[str, st.SearchStrategy[dict]] = {
     "UnmergePeople": unmerge_people_specs,
     "ListPersonHistory": list_person_history_specs,
     "WatchChanges": watch_changes_specs,
+    "ExportPeople": get_settings_specs,  # a workspace_id only
 }
 
 # --------------------------------------------------------------------------- raw bytes

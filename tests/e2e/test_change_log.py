@@ -450,3 +450,35 @@ def _wait(condition: Any, timeout: float = 20) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.01)
+
+
+# --------------------------------------------------------------------------- R82
+
+
+def test_r82_export_streams_every_person_of_one_snapshot_in_batches(stub, workspace, engine):
+    created = [identify(stub, workspace, id=f"e{n}", attributes={"n": n}).person.cio_id for n in range(5)]
+    with engine.begin() as conn:  # 2,500 more, by SQL: the export's batches are what is tested here
+        conn.execute(sa.text(
+            "INSERT INTO people (workspace_id, cio_id, id, id_key, attributes, created_at, updated_at) "
+            "SELECT :ws, lpad(to_hex(n), 20, 'x'), 'bulk' || n, 'bulk' || n, '{}'::jsonb, now(), now() "
+            "FROM generate_series(1, 2500) n"), {"ws": workspace})
+    call = stub.ExportPeople(pb.ExportPeopleRequest(workspace_id=workspace), timeout=30)
+    responses = iter(call)
+    first = next(responses)  # the snapshot is taken: what is written now is not in it
+    identify(stub, workspace, id="after-the-snapshot")
+    stub.DeletePerson(pb.DeletePersonRequest(workspace_id=workspace, person=pb.PersonRef(id="e0")), timeout=10)
+    batches = [first, *responses]
+    people = [p for batch in batches for p in batch.people]
+    assert [len(b.people) for b in batches] == [1000, 1000, 505]
+    assert len({p.cio_id for p in people}) == 2505
+    assert [p.cio_id for p in people] == sorted(p.cio_id for p in people)
+    assert set(created) <= {p.cio_id for p in people}  # e0 deleted after the snapshot: still there
+    assert "after-the-snapshot" not in {p.id for p in people}
+    e3 = next(p for p in people if p.id == "e3")
+    assert json_format.MessageToDict(e3.attributes) == {"n": 3}
+
+
+def test_r82_export_of_an_unknown_workspace_is_not_found(stub):
+    refusal = refused(lambda r, **k: list(stub.ExportPeople(r, **k)), pb.ExportPeopleRequest(workspace_id="no-such-ws"),
+                      grpc.StatusCode.NOT_FOUND, timeout=10)
+    assert refusal.reason == "WORKSPACE_NOT_FOUND"

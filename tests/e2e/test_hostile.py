@@ -200,7 +200,7 @@ class Outcome:
 
 def open_stream(method: str, request: pb_message.Message | None) -> bool:
     """A WatchChanges request that does not ask to end once caught up: it ends at its deadline."""
-    return method in S.STREAMING and request is not None and not request.end_when_caught_up
+    return method == "WatchChanges" and request is not None and not request.end_when_caught_up
 
 
 def trailer_size(outcome: Outcome) -> int:
@@ -758,6 +758,13 @@ def test_list_person_history_page_tokens_found_before(hostile, spec):
 def test_watch_changes(hostile, spec):
     """Streams that end once caught up: every event of the workspace, then OK (or a refusal)."""
     hostile.request("WatchChanges", spec)
+
+
+@settings(HOSTILE, max_examples=150)
+@given(spec=S.SPECS["ExportPeople"])
+def test_export_people(hostile, spec):
+    """Every person of the workspace, in batches, then OK (or a refusal)."""
+    hostile.request("ExportPeople", spec)
 
 
 @settings(HOSTILE, max_examples=40)

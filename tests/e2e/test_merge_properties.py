@@ -49,7 +49,7 @@ KIND = pb.PersonEventKind
 # took, so it refuses the undo when the primary's email attribute changed since the merge (see
 # test_regression_id_only_email_attribute_changed_since_merge_does_not_block_the_undo). While that
 # stands, the machine accepts that refusal in exactly that case (it still checks nothing changed).
-TOLERATE_ID_ONLY_EMAIL_BUG = True
+TOLERATE_ID_ONLY_EMAIL_BUG = False  # the bug test_regression_id_only_... found is fixed
 
 attributes = st.dictionaries(st.sampled_from(ATTR_NAMES), st.sampled_from(ATTR_VALUES), max_size=2)
 changes = st.dictionaries(st.sampled_from(ATTR_NAMES), st.none() | st.sampled_from(ATTR_VALUES), min_size=1, max_size=2)
@@ -450,9 +450,6 @@ def test_undo_is_exact(stub, make_workspace, engine, people_rows):
     assert STATS["undo refused ALREADY_UNMERGED (as expected)"] + STATS["undo ok (explicit)"] >= 1, STATS
 
 
-@pytest.mark.xfail(strict=True, reason="service bug: in ID_ONLY a merge records the email attribute as a taken "
-                   "identifier (service/rules/merges.py decide_merge), so decide_unmerge refuses the undo once it "
-                   "changed; remove this mark (and TOLERATE_ID_ONLY_EMAIL_BUG) when fixed")
 def test_regression_id_only_email_attribute_changed_since_merge_does_not_block_the_undo(stub, make_workspace):
     """Found by test_undo_is_exact. In ID_ONLY, email is an attribute (R1, R12): a merge fills
     the primary's empty email from the secondary like any attribute (R60), and an attribute value

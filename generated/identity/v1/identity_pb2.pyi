@@ -444,3 +444,15 @@ class UnmergePeopleResponse(_message.Message):
     primary: Person
     secondary: Person
     def __init__(self, primary: _Optional[_Union[Person, _Mapping]] = ..., secondary: _Optional[_Union[Person, _Mapping]] = ...) -> None: ...
+
+class ExportPeopleRequest(_message.Message):
+    __slots__ = ("workspace_id",)
+    WORKSPACE_ID_FIELD_NUMBER: _ClassVar[int]
+    workspace_id: str
+    def __init__(self, workspace_id: _Optional[str] = ...) -> None: ...
+
+class ExportPeopleResponse(_message.Message):
+    __slots__ = ("people",)
+    PEOPLE_FIELD_NUMBER: _ClassVar[int]
+    people: _containers.RepeatedCompositeFieldContainer[Person]
+    def __init__(self, people: _Optional[_Iterable[_Union[Person, _Mapping]]] = ...) -> None: ...

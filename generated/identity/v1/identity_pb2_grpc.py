@@ -90,6 +90,11 @@ class IdentityServiceStub:
                 request_serializer=identity_dot_v1_dot_identity__pb2.UnmergePeopleRequest.SerializeToString,
                 response_deserializer=identity_dot_v1_dot_identity__pb2.UnmergePeopleResponse.FromString,
                 _registered_method=True)
+        self.ExportPeople = channel.unary_stream(
+                '/identity.v1.IdentityService/ExportPeople',
+                request_serializer=identity_dot_v1_dot_identity__pb2.ExportPeopleRequest.SerializeToString,
+                response_deserializer=identity_dot_v1_dot_identity__pb2.ExportPeopleResponse.FromString,
+                _registered_method=True)
 
 
 class IdentityServiceServicer:
@@ -186,6 +191,14 @@ class IdentityServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportPeople(self, request, context):
+        """Streams every person of the workspace as of one consistent snapshot (R82), in cio_id
+        order, a batch per message; the server's memory does not grow with the workspace.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IdentityServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -243,6 +256,11 @@ def add_IdentityServiceServicer_to_server(servicer, server):
                     servicer.UnmergePeople,
                     request_deserializer=identity_dot_v1_dot_identity__pb2.UnmergePeopleRequest.FromString,
                     response_serializer=identity_dot_v1_dot_identity__pb2.UnmergePeopleResponse.SerializeToString,
+            ),
+            'ExportPeople': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportPeople,
+                    request_deserializer=identity_dot_v1_dot_identity__pb2.ExportPeopleRequest.FromString,
+                    response_serializer=identity_dot_v1_dot_identity__pb2.ExportPeopleResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -543,6 +561,33 @@ class IdentityService:
             '/identity.v1.IdentityService/UnmergePeople',
             identity_dot_v1_dot_identity__pb2.UnmergePeopleRequest.SerializeToString,
             identity_dot_v1_dot_identity__pb2.UnmergePeopleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportPeople(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/identity.v1.IdentityService/ExportPeople',
+            identity_dot_v1_dot_identity__pb2.ExportPeopleRequest.SerializeToString,
+            identity_dot_v1_dot_identity__pb2.ExportPeopleResponse.FromString,
             options,
             channel_credentials,
             insecure,
