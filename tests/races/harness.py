@@ -848,7 +848,10 @@ def summary_line(name: str, figures: dict[str, Any]) -> str:
         f"duplicates={figures.get('duplicates', 0)}",
         f"writes_checked={figures.get('writes_checked', 0)}",
     ]
-    for key in ("merges", "snapshots", "snapshot_violations", "recovery_seconds", "replacement_seconds", "exit_seconds"):
+    for key in (
+        "merges", "snapshots", "snapshot_violations", "recovery_seconds", "replacement_seconds", "exit_seconds",
+        "events", "gaps_or_duplicates", "lag_p50_ms", "lag_p99_ms",
+    ):
         if key in figures:
             value = figures[key]
             parts.append(f"{key}={value:.3f}" if isinstance(value, float) else f"{key}={value}")
