@@ -147,6 +147,8 @@ class Call:
     # the stored responses that show an erased person, R54). Set by the edge with request_id.
     fingerprint: bytes = b""
     encode: Callable[[Any], tuple[bytes, list[str]]] | None = None
+    # The key the response is stored under, when not request_id itself (an import's rows).
+    store_as: str = ""
 
 
 @dataclass(frozen=True)

@@ -166,8 +166,13 @@ class IdentityApi:
     async def ImportPeople(self, request: pb.ImportPeopleRequest) -> pb.ImportPeopleResponse:
         rows = _convert(request.workspace_id, rows=lambda: csv_import.parse(request.workspace_id, request.csv))["rows"]
         response = pb.ImportPeopleResponse()
-        for number, result in await self.service.import_rows(request.workspace_id, rows):
-            if isinstance(result, DomainError):
+        call = _call("ImportPeople", request, _IDENTIFY[0])  # each row's result stored as an Identify's
+        for number, result in await self.service.import_rows(request.workspace_id, rows, call):
+            if isinstance(result, Replayed):  # a row applied by an earlier import with this request_id
+                result = pb.IdentifyResponse.FromString(result.response)
+                row = response.rows.add(row=number, outcome=result.outcome, cio_id=result.person.cio_id)
+                response.applied_count += 1
+            elif isinstance(result, DomainError):
                 response.refused_count += 1
                 if response.refused_count <= MAX_IMPORT_ERRORS:
                     row = response.rows.add(row=number)

@@ -284,6 +284,7 @@ class Repository:
         for sql, params in self.staged:
             await cur.execute(sql, params)
         self.staged.clear()
+        self.wrote = True  # sent: a failure from here on must roll back
 
     # --- workspaces ---
 

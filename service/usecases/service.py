@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import uuid
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
@@ -70,6 +71,20 @@ Present = Callable[[Settings, Decision, Explanation], T]
 RESPONSE_RETENTION = timedelta(hours=24)  # R70: a repeat within this returns the stored response
 
 
+class _DryRunDone(Exception):
+    """Ends a dry run's transaction (the unit of work rolls back what it sent) with its results."""
+
+    def __init__(self, results: list[Any]):
+        super().__init__("dry run")
+        self.results = results
+
+
+def _row_key(request_id: str, row: int) -> str:
+    """The key an import row's result is stored under: a UUID of the import's request_id and
+    the row's number."""
+    return str(uuid.uuid5(uuid.UUID(request_id), f"row {row}"))
+
+
 def _changed(settings: Settings, decision: Decision, why: Explanation) -> Changed:
     return Changed(modes.presented(settings.mode, decision.person), why)
 
@@ -82,7 +97,7 @@ def _once(call: Call, workspace_id: str, work: Work[T]) -> Work[T | Replayed]:
     finds the first's response."""
     if not call.request_id or call.validate_only or call.encode is None:
         return work  # type: ignore[return-value]
-    key, encode = request_key(call.request_id), call.encode
+    key, encode = request_key(call.store_as or call.request_id), call.encode
 
     async def stored(repo: Repository) -> Replayed | None:
         found = await repo.stored_response(workspace_id, key)
@@ -260,24 +275,68 @@ class IdentityService:
         return await self._run_call(call, workspace_id, work)
 
     async def import_rows(
-        self, workspace_id: str, rows: list[tuple[int, IdentifyInput | DomainError]]
-    ) -> list[tuple[int, IdentifyResult | DomainError]]:
+        self,
+        workspace_id: str,
+        rows: list[tuple[int, IdentifyInput | DomainError]],
+        call: Call = Call("ImportPeople"),
+    ) -> list[tuple[int, IdentifyResult | Replayed | DomainError]]:
         """Each row as an Identify in its own transaction (R25 applies: the rows are marked as
         an import); a refused row is reported and the others still apply. An unknown workspace
-        refuses the whole import; so does the database going away (rows applied so far stay)."""
+        refuses the whole import; so does the database going away (rows applied so far stay).
+        With a request_id, each row's result is stored under a key of its own (R70); a dry run
+        decides the whole file in one transaction and rolls it back (R71)."""
+        raise_if(check_request_id(call.request_id))
         await self.get_settings(workspace_id)  # R8, before any row
-        results: list[tuple[int, IdentifyResult | DomainError]] = []
+        if call.validate_only:
+            return await self._import_dry_run(workspace_id, rows)
+        results: list[tuple[int, IdentifyResult | Replayed | DomainError]] = []
         for number, row in rows:
             if isinstance(row, DomainError):  # refused while reading the file
                 results.append((number, row))
                 continue
+            row_call = replace(call, store_as=_row_key(call.request_id, number) if call.request_id else "")
             try:
-                results.append((number, await self.identify(row, Call("ImportPeople"))))
+                results.append((number, await self.identify(row, row_call)))
             except (Unavailable, DeadlineExceeded):
                 raise
             except DomainError as refusal:
+                if refusal.reason == "REQUEST_ID_REUSED":
+                    raise  # another import under this request_id: the whole call is refused
                 results.append((number, refusal))
         return results
+
+    async def _import_dry_run(
+        self, workspace_id: str, rows: list[tuple[int, IdentifyInput | DomainError]]
+    ) -> list[tuple[int, IdentifyResult | Replayed | DomainError]]:
+        """R71 for an import: every row decided as the real import would decide it, each seeing
+        the rows before it (their writes are sent, not committed), then all rolled back."""
+
+        async def work(repo: Repository) -> None:
+            results: list[tuple[int, IdentifyResult | Replayed | DomainError]] = []
+            for number, row in rows:
+                if isinstance(row, DomainError):
+                    results.append((number, row))
+                    continue
+                try:
+                    lookup = identify.identify_lookup(row)
+                    found, people = await repo.load(workspace_id, lookup, Lock.SHARE)
+                    settings = require_workspace(found, workspace_id)
+                    decision = identify.decide_identify(settings, row, people, _now(), new_cio_id())
+                    repo.stage(settings, decision)
+                    await repo.send_staged()
+                    assert decision.outcome is not None
+                    why = Explanation(decision.rule, identifiers.matches_of(settings, lookup, people))
+                    person = modes.presented(settings.mode, decision.person)
+                    results.append((number, IdentifyResult(person, decision.outcome, decision.deleted, why)))
+                except DomainError as refusal:
+                    results.append((number, refusal))
+            raise _DryRunDone(results)
+
+        try:
+            await self.uow.run("ImportPeople", work)
+        except _DryRunDone as done:
+            return done.results
+        raise AssertionError("a dry run always ends in _DryRunDone")
 
     async def get_person(self, workspace_id: str, ref: Ref) -> Person:
         lookup = identifiers.ref_lookup(workspace_id, ref)

@@ -482,3 +482,43 @@ def test_r82_export_of_an_unknown_workspace_is_not_found(stub):
     refusal = refused(lambda r, **k: list(stub.ExportPeople(r, **k)), pb.ExportPeopleRequest(workspace_id="no-such-ws"),
                       grpc.StatusCode.NOT_FOUND, timeout=10)
     assert refusal.reason == "WORKSPACE_NOT_FOUND"
+
+
+# --------------------------------------------------------------------------- R70, R71 for imports
+
+
+def _csv(*lines: str) -> bytes:
+    return ("\n".join(lines) + "\n").encode()
+
+
+def test_r70_an_import_repeated_with_its_request_id_applies_no_row_twice(stub, workspace):
+    request_id = str(uuid.uuid4())
+    data = _csv("id,email,plan", "im1,im1@example.com,pro", "im2,bad-email,pro", "im1,,team")
+    first = stub.ImportPeople(pb.ImportPeopleRequest(workspace_id=workspace, csv=data, request_id=request_id),
+                              timeout=20)
+    assert [(r.row, r.outcome) for r in first.rows] == [
+        (1, pb.IDENTIFY_OUTCOME_CREATED), (2, pb.IDENTIFY_OUTCOME_UNSPECIFIED), (3, pb.IDENTIFY_OUTCOME_UPDATED)]
+    events = feed(stub, workspace, count=2)
+    assert [(e.rpc, e.request_id) for e in events] == [("ImportPeople", request_id)] * 2
+    again = stub.ImportPeople(pb.ImportPeopleRequest(workspace_id=workspace, csv=data, request_id=request_id),
+                              timeout=20)
+    assert [(r.row, r.outcome, r.cio_id) for r in again.rows] == [(r.row, r.outcome, r.cio_id) for r in first.rows]
+    assert again.applied_count == first.applied_count == 2
+    assert feed_last(stub, workspace) == 2  # nothing applied again
+    other = refused(stub.ImportPeople, pb.ImportPeopleRequest(
+        workspace_id=workspace, csv=_csv("id", "im9"), request_id=request_id), grpc.StatusCode.FAILED_PRECONDITION,
+        timeout=20)
+    assert other.reason == "REQUEST_ID_REUSED"
+
+
+def test_r71_an_import_dry_run_sees_its_own_rows_and_writes_nothing(stub, workspace, people_rows):
+    identify(stub, workspace, id="keep")
+    before = people_rows(workspace)
+    data = _csv("id,email", "dr1,dr1@example.com", "dr1,", "dr2,dr1@example.com", "keep,keep@example.com")
+    dry = stub.ImportPeople(pb.ImportPeopleRequest(workspace_id=workspace, csv=data, validate_only=True), timeout=20)
+    assert people_rows(workspace) == before
+    assert feed_last(stub, workspace) == 1
+    real = stub.ImportPeople(pb.ImportPeopleRequest(workspace_id=workspace, csv=data), timeout=20)
+    assert [(r.row, r.outcome, r.error.code) for r in dry.rows] == [(r.row, r.outcome, r.error.code) for r in real.rows]
+    assert [r.outcome for r in real.rows] == [pb.IDENTIFY_OUTCOME_CREATED, pb.IDENTIFY_OUTCOME_UNCHANGED,
+                                              pb.IDENTIFY_OUTCOME_UNSPECIFIED, pb.IDENTIFY_OUTCOME_UPDATED]

@@ -244,12 +244,16 @@ class DeletePersonRequest(_message.Message):
     def __init__(self, workspace_id: _Optional[str] = ..., person: _Optional[_Union[PersonRef, _Mapping]] = ..., erase: _Optional[bool] = ..., request_id: _Optional[str] = ..., validate_only: _Optional[bool] = ...) -> None: ...
 
 class ImportPeopleRequest(_message.Message):
-    __slots__ = ("workspace_id", "csv")
+    __slots__ = ("workspace_id", "csv", "request_id", "validate_only")
     WORKSPACE_ID_FIELD_NUMBER: _ClassVar[int]
     CSV_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    VALIDATE_ONLY_FIELD_NUMBER: _ClassVar[int]
     workspace_id: str
     csv: bytes
-    def __init__(self, workspace_id: _Optional[str] = ..., csv: _Optional[bytes] = ...) -> None: ...
+    request_id: str
+    validate_only: bool
+    def __init__(self, workspace_id: _Optional[str] = ..., csv: _Optional[bytes] = ..., request_id: _Optional[str] = ..., validate_only: _Optional[bool] = ...) -> None: ...
 
 class ImportPeopleResponse(_message.Message):
     __slots__ = ("rows", "applied_count", "refused_count")
