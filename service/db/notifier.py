@@ -121,9 +121,13 @@ class Notifier:
                 if self.listening:
                     log.warning("change notifications lost (%s); streams poll until they resume", type(error).__name__)
             finally:
-                self.listening = False
+                if self.listening:
+                    # Streams waiting on a notification re-read now, then poll: what was lost
+                    # costs no more than the poll, and a database outage ends them (UNAVAILABLE).
+                    self.listening = False
+                    self._wake_all()
                 if self._conn is not None:
                     await self._conn.close()
                     self._conn = None
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+            delay = min(delay * 2, 1.0)

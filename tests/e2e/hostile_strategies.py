@@ -55,7 +55,7 @@ STREAMING = {"WatchChanges", "ExportPeople"}  # server streaming: every response
 # The requests that write, each with request_id (R70) and validate_only (R71).
 WRITES = {
     "Identify", "UpdateIdentifier", "DeleteIdentifier", "DeletePerson", "MergePeople", "UnmergePeople",
-    "CreateWorkspace", "UpdateSettings",
+    "CreateWorkspace", "UpdateSettings", "ImportPeople",
 }
 SETTINGS_FIELDS = (
     "identifier_mode", "email_updatable_by_id", "sole_identifier_updatable", "auto_merge", "event_retention_days"
@@ -696,7 +696,7 @@ csv_files = st.one_of(
     ),
     st.binary(max_size=200),
 )
-import_specs = st.fixed_dictionaries({}, optional={"workspace_id": workspace_ids, "csv": csv_files})
+import_specs = st.fixed_dictionaries({}, optional={"workspace_id": workspace_ids, "csv": csv_files, **WRITE_FIELDS})
 
 # Each row with a long error: an attribute column whose name is too long (R6), a value in every
 # row. The product is bounded so that a server that echoes the name three times per row still
