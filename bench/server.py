@@ -29,7 +29,21 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    def __init__(self, database_url: str, log_path: Path, *, workers: str | None, log_level: str):
+    def __init__(
+        self,
+        database_url: str,
+        log_path: Path,
+        *,
+        workers: str | None,
+        log_level: str,
+        cwd: Path | None = None,
+        env: dict[str, str] | None = None,
+    ):
+        """`cwd` (default: this checkout) is where `python -m service.runtime.server` finds the
+        `service` package, so a git worktree of another commit runs that commit's code; `env`
+        (default: this process's) e.g. puts that tree's `generated/` first on PYTHONPATH."""
+        self.cwd = cwd or ROOT
+        self.env = env
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.command = [
@@ -49,7 +63,7 @@ class ServerProcess:
         # A session of its own: a Ctrl-C at the terminal reaches the benchmark, which stops the
         # server in order, and not the server directly.
         self.proc = subprocess.Popen(
-            self.command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            self.command, cwd=self.cwd, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
         log.close()
         deadline = time.monotonic() + timeout
