@@ -5,6 +5,7 @@ their status. One coroutine per RPC, named as in the proto."""
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
 from dataclasses import replace
 from typing import Any, AsyncIterator, Callable
 
@@ -18,7 +19,8 @@ from service.rules.validation import check_workspace_id
 from service.usecases import IdentityService
 
 MAX_IMPORT_ERRORS = 1000
-EXPORT_MESSAGE_BYTES = 1 << 20  # refused rows reported in full; past it, counted only
+EXPORT_MESSAGE_BYTES = 1 << 20
+EVENT_CACHE = 4096  # refused rows reported in full; past it, counted only
 
 
 def _call(method: str, request: Any, encode: Callable[[Any], tuple[bytes, list[str]]]) -> Call:
@@ -70,6 +72,7 @@ class IdentityApi:
     def __init__(self, service: IdentityService, notifier: Notifier | None = None):
         self.service = service
         self.notifier = notifier
+        self._events: OrderedDict[tuple[str, int], pb.WatchChangesResponse] = OrderedDict()
 
     # --- IdentityService ---
 
@@ -145,7 +148,18 @@ class IdentityApi:
         async for record in self.service.watch_changes(
             request.workspace_id, request.after_sequence, self.notifier, request.end_when_caught_up
         ):
-            yield pb.WatchChangesResponse(event=convert.event_to_pb(record))
+            yield self._event_response(request.workspace_id, record)
+
+    def _event_response(self, workspace_id: str, record: Any) -> pb.WatchChangesResponse:
+        """One message per event, shared by every stream of the workspace that sends it (the
+        latest EVENT_CACHE of them are kept): a hundred watchers convert an event once."""
+        key = (workspace_id, record.sequence)
+        message = self._events.get(key)
+        if message is None:
+            message = self._events[key] = pb.WatchChangesResponse(event=convert.event_to_pb(record))
+            if len(self._events) > EVENT_CACHE:
+                self._events.popitem(last=False)
+        return message
 
     async def GetSettings(self, request: pb.GetSettingsRequest) -> pb.GetSettingsResponse:
         settings = await self.service.get_settings(request.workspace_id)

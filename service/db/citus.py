@@ -133,9 +133,11 @@ def distribute(engine: sa.Engine, shard_count: int | None = None) -> list[str]:
                 conn.execute(
                     sa.text(f"SELECT create_distributed_table(:t, :c, colocate_with => :with{count})"), params
                 )
-                # Rows a table held before are copied into its shards; the local copy goes.
-                conn.execute(sa.text("SELECT truncate_local_data_after_distributing_table(:t)"), {"t": table})
                 done.append(table)
+            # Rows a table held before were copied into its shards; the local copies go, once
+            # no local table references them (the referencing tables first).
+            for table in reversed(done):
+                conn.execute(sa.text("SELECT truncate_local_data_after_distributing_table(:t)"), {"t": table})
             left = problems(conn)
             if left:
                 raise CitusError("; ".join(left))

@@ -129,8 +129,8 @@ async def create_server(
     holder: list[RunningServer] = []
     monitor = DatabaseMonitor(libpq_url(database_url), lambda ok: holder[0].on_database_change(ok), monitor_interval)
     uow = UnitOfWork(pool, available=lambda: monitor.available)
-    notifier = Notifier(libpq_url(database_url))
     service = IdentityService(uow, _pause_after_commit(os.environ.get(PAUSE_AFTER_COMMIT_ENV, "")))
+    notifier = Notifier(libpq_url(database_url), service.events_after)
     edge = Edge(IdentityApi(service, notifier), api_keys, max_concurrent_calls)
     server.add_generic_rpc_handlers(edge.handlers())
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

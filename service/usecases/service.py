@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import time
 import uuid
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
@@ -475,37 +476,54 @@ class IdentityService:
         self, workspace_id: str, after: int, notifier: Notifier, end_when_caught_up: bool = False
     ) -> AsyncIterator[Recorded]:
         """R52: every event after `after`, in order, then each new one as it commits, until the
-        caller stops iterating. At most FEED_PAGE events are held at a time, whatever the
-        reader's speed: a slow reader is paced by its stream's flow control and re-reads
-        from the table. Sequences have no gaps (each transaction takes the next number and a
-        rolled-back one gives it back), so a gap means retention purged events the stream had
+        caller stops iterating. Live events come from the workspace's tail in this process (read
+        once for all its streams); a stream behind the tail's window reads the log itself, at
+        most FEED_PAGE events at a time, so a slow reader is paced by its stream's flow control
+        and holds one page. Sequences have no gaps (each transaction takes the next number and
+        a rolled-back one gives it back), so a gap means retention purged events the stream had
         not read yet: OUT_OF_RANGE, as for a resumed cursor."""
-        cursor = start = await self._feed_cursor(workspace_id, after)
-        with notifier.subscribe(workspace_id) as wakeup:
+        cursor = await self._feed_cursor(workspace_id, after)
+        if end_when_caught_up:
             while True:
-                at = cursor
-                page = await self.uow.run(
-                    "WatchChanges", lambda repo: repo.events_after(workspace_id, at, FEED_PAGE), read_only=True
-                )
-                if page and page[0].sequence != cursor + 1:
-                    raise OutOfRange(
-                        "CURSOR_TOO_OLD",
-                        f"events after {cursor} were purged (retention) before this stream read them",
-                        {"field": "after_sequence", "oldest_sequence": str(page[0].sequence)},
-                    )
-                live = cursor > start  # past the catch-up: the lag is commit-to-delivery
+                page = await self._events_after(workspace_id, cursor)
                 for record in page:
-                    if live:
-                        metrics.FEED_LAG.observe(max(0.0, (_now() - record.commit_time).total_seconds()))
                     yield record
                     cursor = record.sequence
                 if len(page) < FEED_PAGE:
-                    if end_when_caught_up:
-                        return
+                    return
+        since = time.monotonic()
+        with notifier.subscribe(workspace_id, cursor) as tail:
+            while True:
+                live = tail.after(cursor)
+                page = live if live is not None else await self._events_after(workspace_id, cursor)
+                if not page:
                     try:
-                        await wakeup.wait()
+                        await tail.wait(cursor, since)
                     except Closing:
                         raise Unavailable("SERVER_STOPPING", "the server is stopping; resume on another") from None
+                    continue
+                for record in page:
+                    if live is not None:
+                        metrics.FEED_LAG.observe(max(0.0, (_now() - record.commit_time).total_seconds()))
+                    yield record
+                    cursor = record.sequence
+
+    async def _events_after(self, workspace_id: str, cursor: int) -> list[Recorded]:
+        """A page of the log after `cursor`, which must follow it without a gap."""
+        page = await self.events_after(workspace_id, cursor, FEED_PAGE)
+        if page and page[0].sequence != cursor + 1:
+            raise OutOfRange(
+                "CURSOR_TOO_OLD",
+                f"events after {cursor} were purged (retention) before this stream read them",
+                {"field": "after_sequence", "oldest_sequence": str(page[0].sequence)},
+            )
+        return page
+
+    async def events_after(self, workspace_id: str, after: int, limit: int) -> list[Recorded]:
+        """The log after a sequence (the change feed's tails read through this)."""
+        return await self.uow.run(
+            "WatchChanges", lambda repo: repo.events_after(workspace_id, after, limit), read_only=True
+        )
 
     async def purge_expired_events(self, batch: int = PURGE_BATCH) -> int:
         """Retention: deletes each workspace's events older than its setting (R52) and its
