@@ -12,7 +12,7 @@ BUF_STAMP := .tools/.buf-$(BUF_VERSION)
 PROTO_RELEASE := 06d1d40
 PROTO_BASELINE := protos/release/identity-v1.binpb
 
-.PHONY: all install tools generate buf-lint buf-breaking proto-baseline migrate run test test-fast bench clean
+.PHONY: all install tools generate buf-lint buf-breaking proto-baseline migrate run test test-fast bench clean citus-test citus-distribute
 
 all: test
 
@@ -61,6 +61,18 @@ test: $(STAMP) $(BUF_STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# Citus (tests/citus/, not collected by `make test`): builds and installs Citus into the machine's
+# PostgreSQL 15 if needed (as root, ~5 min once per machine), starts a coordinator and 2 workers in
+# a temporary folder, runs tests/citus/ and then tests/e2e/ (CITUS_E2E: other paths) against them,
+# stops them. Options through PYTEST_ARGS. Not part of `make test`.
+citus-test: $(STAMP)
+	bash tests/citus/run.sh $(PYTEST_ARGS)
+
+# On a Citus coordinator (DATABASE_URL): the migrations, then every table distributed by
+# workspace_id (service/db/citus.py; idempotent). Serve it with DB_PLAN_CACHE_MODE=auto.
+citus-distribute: $(STAMP)
+	$(BIN)/python -m service.db.citus migrate
 
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
