@@ -180,16 +180,16 @@ class _Watchers:
         try:
             async for response in call:
                 now = time.time()
-                event = response.event
-                sequence = event.sequence
-                if sequence <= watcher.last:
-                    watcher.duplicates += 1
-                    continue
-                if sequence != watcher.last + 1:
-                    watcher.gaps += 1
-                watcher.last = sequence
-                watcher.commit.append(event.commit_time.seconds + event.commit_time.nanos * 1e-9)
-                watcher.received.append(now)
+                for event in response.events:
+                    sequence = event.sequence
+                    if sequence <= watcher.last:
+                        watcher.duplicates += 1
+                        continue
+                    if sequence != watcher.last + 1:
+                        watcher.gaps += 1
+                    watcher.last = sequence
+                    watcher.commit.append(event.commit_time.seconds + event.commit_time.nanos * 1e-9)
+                    watcher.received.append(now)
             if not self.closing:
                 watcher.error = "ENDED"
         except asyncio.CancelledError:

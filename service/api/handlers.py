@@ -38,6 +38,17 @@ def _undecodable(method: str) -> InvalidArgument:
     )
 
 
+def _serializer(response_type: Any) -> Callable[[Any], bytes]:
+    """A response message's bytes; a servicer may also hand over bytes it serialized itself
+    (the change feed sends each event's bytes, made once, to every stream)."""
+    serialize = response_type.SerializeToString
+
+    def serializer(response: Any) -> bytes:
+        return response if isinstance(response, bytes) else serialize(response)
+
+    return serializer
+
+
 class Edge:
     """What every identity.v1 call goes through; one per server process."""
 
@@ -62,7 +73,7 @@ class Edge:
                 methods[method.name] = make(
                     behavior,
                     request_deserializer=None,  # raw bytes: decoded after the key check
-                    response_serializer=response_type.SerializeToString,
+                    response_serializer=_serializer(response_type),
                 )
             generic.append(grpc.method_handlers_generic_handler(service.full_name, methods))
         return generic

@@ -20,7 +20,17 @@ from service.usecases import IdentityService
 
 MAX_IMPORT_ERRORS = 1000
 EXPORT_MESSAGE_BYTES = 1 << 20
-EVENT_CACHE = 4096  # refused rows reported in full; past it, counted only
+EVENT_CACHE = 4096
+_EVENTS_TAG = bytes([(2 << 3) | 2])  # WatchChangesResponse.events: field 2, length-delimited
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)  # refused rows reported in full; past it, counted only
 
 
 def _call(method: str, request: Any, encode: Callable[[Any], tuple[bytes, list[str]]]) -> Call:
@@ -72,7 +82,7 @@ class IdentityApi:
     def __init__(self, service: IdentityService, notifier: Notifier | None = None):
         self.service = service
         self.notifier = notifier
-        self._events: OrderedDict[tuple[str, int], pb.WatchChangesResponse] = OrderedDict()
+        self._events: OrderedDict[tuple[str, int], bytes] = OrderedDict()
 
     # --- IdentityService ---
 
@@ -142,24 +152,34 @@ class IdentityApi:
         if response.people:
             yield response
 
-    async def WatchChanges(self, request: pb.WatchChangesRequest) -> AsyncIterator[pb.WatchChangesResponse]:
+    async def WatchChanges(self, request: pb.WatchChangesRequest) -> AsyncIterator[bytes]:
         """Server streaming (R52): the edge writes each response to the stream."""
         assert self.notifier is not None, "WatchChanges needs the process's notifier"
-        async for record in self.service.watch_changes(
+        async for page in self.service.watch_changes(
             request.workspace_id, request.after_sequence, self.notifier, request.end_when_caught_up
         ):
-            yield self._event_response(request.workspace_id, record)
+            chunks, size = [], 0
+            for record in page:
+                chunk = self._event_chunk(request.workspace_id, record)
+                if chunks and size + len(chunk) > EXPORT_MESSAGE_BYTES:
+                    yield b"".join(chunks)
+                    chunks, size = [], 0
+                chunks.append(chunk)
+                size += len(chunk)
+            yield b"".join(chunks)  # a WatchChangesResponse, serialized (the edge sends bytes as they are)
 
-    def _event_response(self, workspace_id: str, record: Any) -> pb.WatchChangesResponse:
-        """One message per event, shared by every stream of the workspace that sends it (the
-        latest EVENT_CACHE of them are kept): a hundred watchers convert an event once."""
+    def _event_chunk(self, workspace_id: str, record: Any) -> bytes:
+        """An event as the bytes of one element of WatchChangesResponse.events (field 2): a
+        message is the concatenation of its elements, so every stream of the workspace sends
+        the same bytes, made once (the latest EVENT_CACHE events are kept)."""
         key = (workspace_id, record.sequence)
-        message = self._events.get(key)
-        if message is None:
-            message = self._events[key] = pb.WatchChangesResponse(event=convert.event_to_pb(record))
+        chunk = self._events.get(key)
+        if chunk is None:
+            body = convert.event_to_pb(record).SerializeToString()
+            chunk = self._events[key] = _EVENTS_TAG + _varint(len(body)) + body
             if len(self._events) > EVENT_CACHE:
                 self._events.popitem(last=False)
-        return message
+        return chunk
 
     async def GetSettings(self, request: pb.GetSettingsRequest) -> pb.GetSettingsResponse:
         settings = await self.service.get_settings(request.workspace_id)

@@ -474,9 +474,9 @@ class IdentityService:
 
     async def watch_changes(
         self, workspace_id: str, after: int, notifier: Notifier, end_when_caught_up: bool = False
-    ) -> AsyncIterator[Recorded]:
-        """R52: every event after `after`, in order, then each new one as it commits, until the
-        caller stops iterating. Live events come from the workspace's tail in this process (read
+    ) -> AsyncIterator[list[Recorded]]:
+        """R52: every event after `after`, in order (in pages: what is there at once), then each
+        new one as it commits, until the caller stops iterating. Live events come from the workspace's tail in this process (read
         once for all its streams); a stream behind the tail's window reads the log itself, at
         most FEED_PAGE events at a time, so a slow reader is paced by its stream's flow control
         and holds one page. Sequences have no gaps (each transaction takes the next number and
@@ -486,9 +486,9 @@ class IdentityService:
         if end_when_caught_up:
             while True:
                 page = await self._events_after(workspace_id, cursor)
-                for record in page:
-                    yield record
-                    cursor = record.sequence
+                if page:
+                    yield page
+                    cursor = page[-1].sequence
                 if len(page) < FEED_PAGE:
                     return
         since = time.monotonic()
@@ -502,11 +502,12 @@ class IdentityService:
                     except Closing:
                         raise Unavailable("SERVER_STOPPING", "the server is stopping; resume on another") from None
                     continue
-                for record in page:
-                    if live is not None:
-                        metrics.FEED_LAG.observe(max(0.0, (_now() - record.commit_time).total_seconds()))
-                    yield record
-                    cursor = record.sequence
+                if live is not None:
+                    now = _now()
+                    for record in page:
+                        metrics.FEED_LAG.observe(max(0.0, (now - record.commit_time).total_seconds()))
+                yield page
+                cursor = page[-1].sequence
 
     async def _events_after(self, workspace_id: str, cursor: int) -> list[Recorded]:
         """A page of the log after `cursor`, which must follow it without a gap."""

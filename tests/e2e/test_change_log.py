@@ -39,7 +39,7 @@ def feed(stub: Any, ws: str, after: int = 0, count: int | None = None, timeout: 
         count = last - after
     try:
         for response in call:
-            events.append(response.event)
+            events.extend(response.events)
             if len(events) >= count:
                 break
     finally:
@@ -54,7 +54,7 @@ def feed_last(stub: Any, ws: str) -> int:
     call = stub.WatchChanges(pb.WatchChangesRequest(workspace_id=ws), timeout=1.5)
     try:
         for response in call:
-            history_max = response.event.sequence
+            history_max = response.events[-1].sequence
     except grpc.RpcError as error:
         assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED, error
     return history_max
@@ -176,7 +176,7 @@ def test_r52_a_stream_sends_what_is_there_then_each_new_event_and_resumes_exactl
     def read() -> None:
         try:
             for response in call:
-                received.append(response.event)
+                received.extend(response.events)
         except grpc.RpcError:
             pass
 

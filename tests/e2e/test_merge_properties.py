@@ -75,8 +75,8 @@ def full_view(person: pb.Person) -> dict[str, Any]:
 
 
 def feed_after(stub: Any, workspace: str, after: int) -> list[pb.PersonEvent]:
-    return [r.event for r in stub.WatchChanges(
-        pb.WatchChangesRequest(workspace_id=workspace, after_sequence=after, end_when_caught_up=True), timeout=TIMEOUT)]
+    return [e for r in stub.WatchChanges(
+        pb.WatchChangesRequest(workspace_id=workspace, after_sequence=after, end_when_caught_up=True), timeout=TIMEOUT) for e in r.events]
 
 
 def event_count(engine: sa.Engine, workspace: str) -> tuple[int, int]:
@@ -219,6 +219,19 @@ class UndoMachine(RuleBasedStateMachine):
             return
         request = pb.IdentifyRequest(workspace_id=self.ws, id=ones[a % len(ones)][1], email=others[b % len(others)][2])
         request.attributes.update(attrs)
+        self.identify(request, "Identify(R13)")
+
+    @rule(attrs=attributes, other=attributes)
+    def r13_pair(self, attrs: dict, other: dict) -> None:
+        """A fresh person with only an id, another with only an email, then the id of one with
+        the email of the other: R13's merge (where auto_merge is on), whatever else was drawn."""
+        if self.mode != Mode.EMAIL_OR_ID:
+            return
+        STATS["r13 pairs"] += 1
+        n = STATS["r13 pairs"]
+        self.create("id", f"r13-{n}", "", attrs)
+        self.create("email", "", f"r13-{n}@x.io", other)
+        request = pb.IdentifyRequest(workspace_id=self.ws, id=f"r13-{n}", email=f"r13-{n}@x.io")
         self.identify(request, "Identify(R13)")
 
     @rule(index=st.integers(0, 50), attrs=changes)
@@ -438,7 +451,9 @@ def test_undo_is_exact(stub, make_workspace, engine, people_rows):
     STATS.clear()
     UndoMachine.ctx = {"stub": stub, "make_workspace": make_workspace, "engine": engine, "people_rows": people_rows}
     run_state_machine_as_test(UndoMachine, settings=settings(
-        max_examples=40, stateful_step_count=30, deadline=None,
+        # derandomize: the same examples every run, so the floors below are met every time (a
+        # random draw of mostly auto_merge-off workspaces made no R13 merge at all).
+        max_examples=40, stateful_step_count=30, deadline=None, derandomize=True,
         suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.filter_too_much]))
     print("\nundo state machine:", dict(sorted(STATS.items())))
     calls = STATS["calls ok"] + STATS["calls refused"]
@@ -584,7 +599,7 @@ def _stored(engine: sa.Engine, people_rows: Any, workspace_stub: Any, ws: str) -
     return people_rows(ws), event_count(engine, ws), settings_now
 
 
-@settings(max_examples=30, deadline=None,
+@settings(max_examples=30, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.filter_too_much])
 @given(mode=st.sampled_from([Mode.EMAIL_OR_ID] * 3 + [Mode.ID_ONLY, Mode.EMAIL_ONLY]), auto_merge=st.booleans(),
        start=st.lists(dry_seed, min_size=2, max_size=4), ops=st.lists(dry_ops, min_size=5, max_size=25))

@@ -111,11 +111,11 @@ class FeedReader:
             try:
                 for response in call:
                     now = time.time()
-                    event = response.event
-                    commit = event.commit_time.ToDatetime(tzinfo=timezone.utc).timestamp()
-                    self.received.append(Received(event, now, stream, commit >= opened_wall))
-                    self.last = event.sequence
-                    count += 1
+                    for event in response.events:
+                        commit = event.commit_time.ToDatetime(tzinfo=timezone.utc).timestamp()
+                        self.received.append(Received(event, now, stream, commit >= opened_wall))
+                        self.last = event.sequence
+                        count += 1
                     if self._target is not None and self.last >= self._target:
                         self._reached.set()
             except grpc.RpcError as error:

@@ -332,10 +332,10 @@ class WatchChangesRequest(_message.Message):
     def __init__(self, workspace_id: _Optional[str] = ..., after_sequence: _Optional[int] = ..., end_when_caught_up: _Optional[bool] = ...) -> None: ...
 
 class WatchChangesResponse(_message.Message):
-    __slots__ = ("event",)
-    EVENT_FIELD_NUMBER: _ClassVar[int]
-    event: PersonEvent
-    def __init__(self, event: _Optional[_Union[PersonEvent, _Mapping]] = ...) -> None: ...
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[PersonEvent]
+    def __init__(self, events: _Optional[_Iterable[_Union[PersonEvent, _Mapping]]] = ...) -> None: ...
 
 class Identifiers(_message.Message):
     __slots__ = ("id", "email")
