@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from contextlib import contextmanager
 from typing import Awaitable, Callable, Iterator
 
@@ -31,6 +30,7 @@ LISTENING_POLL_S = 5.0  # a safety net: a tail re-reads at least this often
 DEAF_POLL_S = 0.5  # while the LISTEN connection is down
 TAIL_EVENTS = 1024  # the recent events a tail keeps: its memory bound
 READ_PAGE = 500
+COALESCE_S = 0.02
 
 ReadAfter = Callable[[str, int, int], Awaitable[list[Recorded]]]
 
@@ -45,7 +45,7 @@ class Tail:
     def __init__(self, notifier: Notifier, workspace_id: str, last: int):
         self.notifier = notifier
         self.workspace_id = workspace_id
-        self.events: deque[Recorded] = deque(maxlen=TAIL_EVENTS)
+        self.events: list[Recorded] = []  # contiguous sequences (the log has no gaps)
         self.last = last  # the highest sequence read (or known to exist) so far
         self.error: DomainError | None = None
         self.error_at = 0.0  # when (monotonic) the last read failed
@@ -61,7 +61,7 @@ class Tail:
         if cursor >= self.last:
             return []
         if self.events and self.events[0].sequence <= cursor + 1:
-            return [e for e in self.events if e.sequence > cursor]
+            return self.events[cursor + 1 - self.events[0].sequence :]
         return None
 
     async def wait(self, seen: int, since: float) -> None:
@@ -106,8 +106,9 @@ class Tail:
                     page = await self.notifier.read_after(self.workspace_id, self.last, READ_PAGE)
                     if page and page[0].sequence != self.last + 1:
                         self.events.clear()  # retention purged events: streams behind it find out
-                    for record in page:
-                        self.events.append(record)
+                    self.events.extend(page)
+                    if len(self.events) > 2 * TAIL_EVENTS:  # trimmed now and then: amortised O(1)
+                        del self.events[: len(self.events) - TAIL_EVENTS]
                     if page:
                         self.last = page[-1].sequence
                     self.error = None
@@ -118,6 +119,10 @@ class Tail:
             except Exception:  # noqa: BLE001 - a bug: logged; the streams fall back to their own reads
                 log.exception("the change feed's tail of a workspace failed to read")
             self._announce()
+            # Commits closer together than this are read and sent together: under load a stream
+            # sends one message per interval, not one per commit (the first commit after a
+            # quiet spell is read at once).
+            await asyncio.sleep(COALESCE_S)
 
 
 class Notifier:
