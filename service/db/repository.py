@@ -153,6 +153,7 @@ class Repository:
         sequence number with the last round trip, whose COMMIT releases the counter (R51).
         The NOTIFY is delivered at that COMMIT."""
         for event in events:
+            self.staged.append((sql.TAKE_SEQUENCE_SQL, {"workspace_id": workspace_id}))
             self.staged.append((sql.APPEND_EVENT_SQL, self._event_values(workspace_id, event, call)))
             self.appended.append(event.kind.value)
         if events:
@@ -166,6 +167,7 @@ class Repository:
         cur = self.conn.cursor()
         sequences = []
         for event in events:
+            await cur.execute(sql.TAKE_SEQUENCE_SQL, {"workspace_id": workspace_id})
             await cur.execute(sql.APPEND_EVENT_SQL, self._event_values(workspace_id, event, call))
             sequences.append((await cur.fetchone())[0])  # type: ignore[index]
             self.appended.append(event.kind.value)

@@ -48,6 +48,7 @@ event_sequences = sa.Table(
     metadata,
     sa.Column("workspace_id", sa.Text, primary_key=True),
     sa.Column("last_sequence", sa.BigInteger, nullable=False),
+    sa.Column("last_time", sa.DateTime(timezone=True)),
 )
 
 person_events = sa.Table(

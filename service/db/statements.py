@@ -222,12 +222,22 @@ _UPDATE_PERSON = people.update().where(
     people.c.workspace_id == sa.bindparam("key_workspace_id"),
     people.c.cio_id == sa.bindparam("key_cio_id"),
 )
-# The people's rows by their ctids only: a condition on the key here would let the planner
-# prefer a workspace's prefix again (the TID scan of an array of unknown length is costed as ten
-# rows).
-_DELETE_PEOPLE = people.delete().where(
-    _CTID == sa.any_(sa.func.array(_probed("cio_ids", "doomed", "cio_id", "ctid").scalar_subquery()))
-)
+# The people's rows by their ctids, each found by its own probe joined to the target (one TID
+# match per probe: no plan can prefer the workspace's prefix), and the workspace named on the
+# target too, so that Citus routes the DELETE to the workspace's shard (it refuses a ctid
+# condition it would have to plan recursively).
+_doomed_values = _unnested("cio_ids", "doomed_value")
+_doomed_table = people.alias("doomed")
+_doomed = _probe(
+    _doomed_table,
+    sa.bindparam("workspace_id"),
+    _doomed_table.c.cio_id,
+    _doomed_values.c.value,
+    sa.literal_column("doomed.ctid").label("ctid"),
+).lateral("doomed_probe")
+# SQLAlchemy orders a DELETE's USING list by itself (a LATERAL must follow what it reads), so
+# the join is compiled as a SELECT's FROM and spliced in (see DELETE_PEOPLE_SQL).
+_DOOMED_JOIN = sa.select(_doomed.c.ctid).select_from(_doomed_values.join(_doomed, sa.true()))
 
 # The same statements as SQL for the driver (psycopg's %(name)s parameters), compiled once.
 _DIALECT = psycopg_dialect.dialect()
@@ -241,7 +251,11 @@ def _sql(statement: sa.Executable, column_keys: list[str] | None = None) -> str:
 LOAD_SQL = {lock: _sql(statement) for lock, statement in _LOAD.items()}
 INSERT_PERSON_SQL = _sql(_INSERT_PERSON, ["workspace_id", "cio_id", "created_at", *PERSON_FIELDS])
 UPDATE_PERSON_SQL = _sql(_UPDATE_PERSON, PERSON_FIELDS)
-DELETE_PEOPLE_SQL = _sql(_DELETE_PEOPLE)
+DELETE_PEOPLE_SQL = (
+    "DELETE FROM people USING "
+    + _sql(_DOOMED_JOIN).split("\nFROM ", 1)[1]
+    + "\nWHERE people.workspace_id = %(workspace_id)s::VARCHAR AND people.ctid = doomed_probe.ctid"
+)
 SET_TIMEOUTS_SQL = (
     "SELECT set_config('statement_timeout', %(ms)s, true), set_config('lock_timeout', %(ms)s, true)"
 )
@@ -255,33 +269,35 @@ SETTINGS_SQL = _sql(SETTINGS_QUERIES[Lock.NONE])
 # waits only for that commit, and takes its number after the first one is visible. A number
 # taken at insert time from a sequence would not do: a transaction that took 7 could commit
 # after one that took 8, and a reader that saw 8 would never see 7.
-_COUNTER = (
+# Two statements, each on the workspace's rows only (so that Citus routes each to one shard):
+# the counter taken (its time read after its row lock is held: the commit's, give or take the
+# last round trip), then the event inserted with the counter's number and time.
+_TAKE_SEQUENCE = (
     pg_insert(event_sequences)
-    .values(workspace_id=sa.bindparam("workspace_id"), last_sequence=_ONE)
+    .values(workspace_id=sa.bindparam("workspace_id"), last_sequence=_ONE, last_time=sa.func.clock_timestamp())
     .on_conflict_do_update(
         index_elements=[event_sequences.c.workspace_id],
-        set_={"last_sequence": event_sequences.c.last_sequence + _ONE},
+        set_={"last_sequence": event_sequences.c.last_sequence + _ONE, "last_time": sa.func.clock_timestamp()},
     )
-    .returning(event_sequences.c.last_sequence)
-    .cte("counter")
 )
+TAKE_SEQUENCE_SQL = _sql(_TAKE_SEQUENCE)
 _APPENDED = (
     "workspace_id", "sequence", "cio_id", "kind", "merged_cio_id", "undoes", "rpc", "request_id", "commit_time", "body"
 )
 _APPEND_EVENT = person_events.insert().from_select(
     _APPENDED,
     sa.select(
-        sa.bindparam("workspace_id", type_=sa.Text),
-        _COUNTER.c.last_sequence,
+        event_sequences.c.workspace_id,
+        event_sequences.c.last_sequence,
         sa.bindparam("cio_id", type_=sa.Text),
         sa.bindparam("kind", type_=sa.Text),
         sa.bindparam("merged_cio_id", type_=sa.Text),
         sa.bindparam("undoes", type_=sa.BigInteger),
         sa.bindparam("rpc", type_=sa.Text),
         sa.bindparam("request_id", type_=sa.Text),
-        sa.func.clock_timestamp(),
+        event_sequences.c.last_time,
         sa.bindparam("body", type_=JSONB),
-    ).select_from(_COUNTER),
+    ).where(event_sequences.c.workspace_id == sa.bindparam("workspace_id")),
 ).returning(person_events.c.sequence)
 APPEND_EVENT_SQL = _sql(_APPEND_EVENT)
 # Delivered at COMMIT to each worker's LISTEN connection, which wakes the workspace's streams;
@@ -383,6 +399,7 @@ HOT_STATEMENTS: dict[str, str] = {
     "delete_people": DELETE_PEOPLE_SQL,
     "set_timeouts": SET_TIMEOUTS_SQL,
     "settings": SETTINGS_SQL,
+    "take_sequence": TAKE_SEQUENCE_SQL,
     "append_event": APPEND_EVENT_SQL,
     "notify": NOTIFY_SQL,
     "events_after": EVENTS_AFTER_SQL,

@@ -330,6 +330,7 @@ def cases(ws: Workspace) -> list[Case]:
         "workspace_id": ws.name, "cio_id": p.cio_id, "kind": "UPDATED", "merged_cio_id": None, "undoes": None,
         "rpc": "Identify", "request_id": "", "body": Jsonb({}),
     }  # fmt: skip
+    out.append(Case("take_sequence", "next", {"workspace_id": ws.name}))
     out.append(Case("append_event", "next", event))
     out.append(Case("notify", "-", {"workspace_id": ws.name}))
     out.append(Case("events_after", "from the start", {"workspace_id": ws.name, "after": 0, "limit": 3}))

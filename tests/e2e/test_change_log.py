@@ -128,9 +128,10 @@ def test_r51_sequence_order_is_commit_order(engine, database_url, workspace, stu
     import psycopg
 
     from service.db.engine import libpq_url
-    from service.db.statements import APPEND_EVENT_SQL
+    from service.db.statements import APPEND_EVENT_SQL, TAKE_SEQUENCE_SQL
 
     def append(conn: psycopg.Connection, cio: str) -> int:
+        conn.execute(TAKE_SEQUENCE_SQL, {"workspace_id": workspace})
         row = conn.execute(APPEND_EVENT_SQL, {
             "workspace_id": workspace, "cio_id": cio, "kind": "UPDATED", "merged_cio_id": None, "undoes": None,
             "rpc": "test", "request_id": "", "body": psycopg.types.json.Jsonb({})}).fetchone()
