@@ -270,14 +270,16 @@ SETTINGS_SQL = _sql(SETTINGS_QUERIES[Lock.NONE])
 # taken at insert time from a sequence would not do: a transaction that took 7 could commit
 # after one that took 8, and a reader that saw 8 would never see 7.
 # Two statements, each on the workspace's rows only (so that Citus routes each to one shard):
-# the counter taken (its time read after its row lock is held: the commit's, give or take the
-# last round trip), then the event inserted with the counter's number and time.
+# the counter taken, with the time the transaction asked for it (in its last round trip, before
+# any wait for the counter's row lock), then the event inserted with the counter's number and
+# that time as its commit time.
 _TAKE_SEQUENCE = (
     pg_insert(event_sequences)
     .values(workspace_id=sa.bindparam("workspace_id"), last_sequence=_ONE, last_time=sa.func.clock_timestamp())
     .on_conflict_do_update(
         index_elements=[event_sequences.c.workspace_id],
-        set_={"last_sequence": event_sequences.c.last_sequence + _ONE, "last_time": sa.func.clock_timestamp()},
+        # Citus allows only immutable expressions here: the time comes from the VALUES row.
+        set_={"last_sequence": event_sequences.c.last_sequence + _ONE, "last_time": sa.literal_column("excluded.last_time")},
     )
 )
 TAKE_SEQUENCE_SQL = _sql(_TAKE_SEQUENCE)

@@ -1,5 +1,5 @@
-"""The change log's counter records when it was last taken (the database's clock, after the
-counter's row lock is held): the appended event's commit time, read back by the insert, so that
+"""The change log's counter records when it was last taken (the database's clock, as the
+transaction asks for it): the appended event's commit time, read back by the insert, so that
 both statements of an append stay on the workspace's shard (Citus).
 
 Revision ID: 0003
