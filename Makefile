@@ -19,7 +19,7 @@ all: test
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,bench,embedded]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench,embedded,tracing]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -7,7 +7,6 @@ An unexpected exception is logged with its stack and answered INTERNAL "internal
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from typing import Any, Awaitable, Callable
@@ -23,6 +22,7 @@ from service.api.servicer import IdentityApi
 from service.api.status import cut, to_status
 from service.db import deadlines
 from service.errors import DomainError, FieldViolation, InvalidArgument, ResourceExhausted
+from service.runtime import logs, telemetry
 
 log = logging.getLogger("identity.calls")
 
@@ -143,19 +143,21 @@ class Edge:
                 counter.inc()
                 latency.observe(elapsed)
                 if log.isEnabledFor(logging.INFO):
-                    # One line per call, as JSON: a client's text (the workspace_id is not yet
-                    # validated) is escaped and cut, so it cannot forge or flood log lines.
-                    log.info(
-                        json.dumps(
-                            {
-                                "method": method,
-                                "workspace": cut(workspace, _LOGGED_WORKSPACE_CHARS),
-                                "code": code.name,
-                                "ms": round(elapsed * 1000, 2),
-                                **({"request_id": cut(request_id, _LOGGED_WORKSPACE_CHARS)} if request_id else {}),
-                            }
-                        )
-                    )
+                    # One line per call (service.runtime.logs: JSON fields or a human line): a
+                    # client's text (the workspace_id is not yet validated) is cut here and
+                    # escaped by the format, so it cannot forge or flood log lines.
+                    fields = {
+                        "method": method,
+                        "workspace": cut(workspace, _LOGGED_WORKSPACE_CHARS),
+                        "code": code.name,
+                        "ms": round(elapsed * 1000, 2),
+                    }
+                    if request_id:
+                        fields["request_id"] = cut(request_id, _LOGGED_WORKSPACE_CHARS)
+                    trace_id = telemetry.current_trace_id()
+                    if trace_id:
+                        fields["trace_id"] = trace_id
+                    log.info(logs.call_message(fields), extra={logs.CALL: fields})
 
         return behavior
 

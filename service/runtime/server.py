@@ -29,6 +29,7 @@ from service.db.monitor import DatabaseMonitor
 from service.db.unit_of_work import UnitOfWork
 from service.domain import Settings
 from service.errors import AlreadyExists
+from service.runtime import logs, telemetry
 from service.runtime.tls import ServerTls, TlsError, check_listen, is_loopback
 from service.runtime.tls import from_args as tls_from_args
 from service.api.status import cut
@@ -278,6 +279,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
     p.add_argument(
+        "--log-format",
+        choices=logs.FORMATS,
+        default=_env("LOG_FORMAT", "text"),
+        help="text: lines for people; json: one JSON object per line (time, level, logger, message, process, call fields)",
+    )
+    p.add_argument(
         "--event-loop",
         choices=["uvloop", "asyncio"],
         default=_env("EVENT_LOOP", "uvloop"),
@@ -318,7 +325,9 @@ def check_connection_budget(database_url: str, workers: int, pool_size: int) -> 
 
 
 def serve(args: argparse.Namespace, database_url: str, worker: int = 0) -> int:
-    """One server process: its own event loop, pool and server, created here (after any fork)."""
+    """One server process: its own event loop, pool and server, created here (after any fork),
+    and its tracing when the OTEL_* variables ask for it (service.runtime.telemetry)."""
+    telemetry.setup_from_environment()
     if args.metrics_port:
         from prometheus_client import start_http_server
 
@@ -431,18 +440,28 @@ def supervise(args: argparse.Namespace, database_url: str) -> int:
     return 1 if failed else 0
 
 
+def log_start(args: argparse.Namespace, database_url: str, server_tls: ServerTls | None) -> None:
+    """Where it listens, which database it uses (password hidden) and how to try it."""
+    log.info(
+        "identity service on %s (%s, %d worker%s), database %s",
+        args.listen,
+        "TLS" if server_tls else "plaintext",
+        args.workers,
+        "" if args.workers == 1 else "s",
+        logs.redact_url(database_url),
+    )
+    host, _, port = args.listen.rpartition(":")
+    address = f"{'localhost' if host in ('', '0.0.0.0', '[::]', '::') else host}:{port}"
+    if server_tls is None:
+        log.info("try it: grpcurl -plaintext %s list", address)
+    else:
+        client = " -cert client.pem -key client-key.pem" if server_tls.mutual else ""
+        log.info("try it: grpcurl -cacert ca.pem%s %s list (ca.pem: the CA that signed %s)", client, address, args.tls_cert)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    # Per-call log lines never print a caller, thread or process name: skip gathering them
-    # (the logging HOWTO's "Optimization"; the stack walk of findCaller costs the most).
-    logging._srcfile = None
-    logging.logThreads = False
-    logging.logMultiprocessing = False
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(process)d %(name)s %(message)s",
-        stream=sys.stderr,
-    )
+    logs.configure(args.log_level, args.log_format)
     try:
         server_tls = tls_from_args(args.tls_cert, args.tls_key, args.tls_client_ca)  # checked here, loaded per worker
     except TlsError as e:
@@ -479,6 +498,7 @@ def main(argv: list[str] | None = None) -> int:
     check_connection_budget(database_url, args.workers, args.pool_size)
     if not args.api_keys.enabled:
         log.warning("no API keys configured (API_KEYS): every caller may use every workspace")
+    log_start(args, database_url, server_tls)
     if args.workers <= 1:
         return serve(args, database_url)
     return supervise(args, database_url)
