@@ -523,3 +523,29 @@ def test_r71_an_import_dry_run_sees_its_own_rows_and_writes_nothing(stub, worksp
     assert [(r.row, r.outcome, r.error.code) for r in dry.rows] == [(r.row, r.outcome, r.error.code) for r in real.rows]
     assert [r.outcome for r in real.rows] == [pb.IDENTIFY_OUTCOME_CREATED, pb.IDENTIFY_OUTCOME_UNCHANGED,
                                               pb.IDENTIFY_OUTCOME_UNSPECIFIED, pb.IDENTIFY_OUTCOME_UPDATED]
+
+
+def test_r52_a_stopping_server_ends_its_streams_with_unavailable_and_they_resume_elsewhere(start_server, stub, workspace):
+    """SIGTERM's path (RunningServer.stop): streams end at once with UNAVAILABLE SERVER_STOPPING,
+    even with a grace period for unary calls; the client resumes on another server."""
+    from identity.v1 import identity_pb2_grpc as pb_grpc
+    from tests.e2e.helpers import parse
+
+    identify(stub, workspace, id="s1")
+    stopping = start_server()
+    with grpc.insecure_channel(f"127.0.0.1:{stopping.port}") as channel:
+        call = pb_grpc.IdentityServiceStub(channel).WatchChanges(
+            pb.WatchChangesRequest(workspace_id=workspace), timeout=30)
+        first = next(iter(call))
+        assert [e.sequence for e in first.events] == [1]
+        started = time.monotonic()
+        stopper = threading.Thread(target=stopping.stop, kwargs={"grace": 10})
+        stopper.start()
+        with pytest.raises(grpc.RpcError) as ended:
+            next(iter(call))
+        stopper.join(20)
+    assert time.monotonic() - started < 8, "the stream waited for the grace period"
+    refusal = parse(ended.value)
+    assert refusal.code == grpc.StatusCode.UNAVAILABLE and refusal.reason == "SERVER_STOPPING"
+    identify(stub, workspace, id="s2")
+    assert [e.sequence for e in feed(stub, workspace, after=1, count=1)] == [2]  # resumed elsewhere
