@@ -44,7 +44,19 @@ from identity.v1 import identity_pb2_grpc as pb_grpc
 from service.runtime.codegen import PROJECT_ROOT
 from tests.ecosystem.conftest import is_serving
 
-ENGINE = (PROJECT_ROOT / ".." / "shared" / "engines" / "container").resolve()
+def _engine() -> Path:
+    """The container engine's scripts: beside the repository (../shared) as on the development
+    machine, else the machine's /work/shared (a clone elsewhere, as CI's may be), or where
+    SHARED_ENGINES says."""
+    candidates = [Path(os.environ["SHARED_ENGINES"])] if os.environ.get("SHARED_ENGINES") else []
+    candidates += [PROJECT_ROOT.parent / "shared" / "engines", Path("/work/shared/engines")]
+    for engines in candidates:
+        if (engines / "container" / "build-image.sh").is_file():
+            return (engines / "container").resolve()
+    return (candidates[0] / "container").resolve()  # missing: the build reports it
+
+
+ENGINE = _engine()
 BUILD = ENGINE / "build-image.sh"
 RUN = ENGINE / "run-image.sh"
 PODMAN = ["podman", "--storage-driver", "vfs"]
