@@ -126,18 +126,14 @@ class Tail:
 
 
 class Notifier:
-    def __init__(self, url: str, read_after: ReadAfter | None = None):
+    def __init__(self, url: str, read_after: ReadAfter):
         self.url = url
-        self.read_after: ReadAfter = read_after or _no_reader
+        self.read_after = read_after
         self.listening = False
         self.closing = False
         self._tails: dict[str, Tail] = {}
         self._task: asyncio.Task[None] | None = None
         self._conn: psycopg.AsyncConnection | None = None
-
-    @property
-    def open_streams(self) -> int:
-        return sum(t.streams for t in self._tails.values())
 
     @contextmanager
     def subscribe(self, workspace_id: str, cursor: int) -> Iterator[Tail]:
@@ -205,6 +201,3 @@ class Notifier:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
 
-
-async def _no_reader(workspace_id: str, after: int, limit: int) -> list[Recorded]:
-    return []

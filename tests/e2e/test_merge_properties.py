@@ -49,7 +49,6 @@ KIND = pb.PersonEventKind
 # took, so it refuses the undo when the primary's email attribute changed since the merge (see
 # test_regression_id_only_email_attribute_changed_since_merge_does_not_block_the_undo). While that
 # stands, the machine accepts that refusal in exactly that case (it still checks nothing changed).
-TOLERATE_ID_ONLY_EMAIL_BUG = False  # the bug test_regression_id_only_... found is fixed
 
 attributes = st.dictionaries(st.sampled_from(ATTR_NAMES), st.sampled_from(ATTR_VALUES), max_size=2)
 changes = st.dictionaries(st.sampled_from(ATTR_NAMES), st.none() | st.sampled_from(ATTR_VALUES), min_size=1, max_size=2)
@@ -327,15 +326,12 @@ class UndoMachine(RuleBasedStateMachine):
         self.undo(self.merges[index % len(self.merges)])
 
     def undo(self, merge: dict) -> None:
-        expected, why, tolerated = self.expected_undo(merge)
+        expected, why = self.expected_undo(merge)
         before_full, rows_before = self.state(full=True), self.people_rows(self.ws)
         request = pb.UnmergePeopleRequest(workspace_id=self.ws, merge_sequence=merge["sequence"])
         response = self.call("UnmergePeople", self.stub.UnmergePeople, request)
         note(f"undo of {merge['how']} merge {merge['sequence']}: expected {why}, got "
              f"{getattr(response, 'reason', None) or 'success'}")
-        if tolerated and not isinstance(response, pb.UnmergePeopleResponse) and response.reason == "UNMERGE_CONFLICT":
-            why = "UNMERGE_CONFLICT"
-            STATS["known bug: ID_ONLY email attribute changed since the merge refused the undo"] += 1
         if why != "success":
             assert not isinstance(response, pb.UnmergePeopleResponse), f"expected {why}, the undo was made"
             assert (response.code, response.reason) == (grpc.StatusCode.FAILED_PRECONDITION, why), (
@@ -368,16 +364,16 @@ class UndoMachine(RuleBasedStateMachine):
 
     # --- what the rules say ---
 
-    def expected_undo(self, merge: dict) -> tuple[dict | None, str, bool]:
+    def expected_undo(self, merge: dict) -> tuple[dict | None, str]:
         """R62 from the state before the merge and the state now: the state after the undo, or
-        the reason of the refusal; and whether the known bug may refuse it instead."""
+        the reason of the refusal."""
         now = self.state()
         primary, secondary = merge["primary"], merge["secondary"]
         was_p, was_s = merge["before"][primary], merge["before"][secondary]
         if merge["undone"] or secondary in now:
-            return None, "ALREADY_UNMERGED", False
+            return None, "ALREADY_UNMERGED"
         if primary not in now:
-            return None, "UNMERGE_CONFLICT", False  # the primary is gone
+            return None, "UNMERGE_CONFLICT"  # the primary is gone
         p = now[primary]
         taken = [f for f in self.identifiers if was_p[f] is None and was_s[f] is not None]
         for field in self.identifiers:
@@ -386,9 +382,9 @@ class UndoMachine(RuleBasedStateMachine):
                 continue
             if field in taken:
                 if p[field] != value:  # changed on the primary since
-                    return None, "UNMERGE_CONFLICT", False
+                    return None, "UNMERGE_CONFLICT"
             elif any(self.same_identifier(field, other[field], value) for other in now.values()):
-                return None, "UNMERGE_CONFLICT", False  # someone has it now
+                return None, "UNMERGE_CONFLICT"  # someone has it now
         expected = {cio: dict(v, attributes=dict(v["attributes"])) for cio, v in now.items()}
         expected[secondary] = was_s
         restored = expected[primary]
@@ -402,9 +398,7 @@ class UndoMachine(RuleBasedStateMachine):
                     restored["attributes"][name] = was_p["attributes"][name]
                 else:
                     del restored["attributes"][name]
-        tolerated = (TOLERATE_ID_ONLY_EMAIL_BUG and self.mode == Mode.ID_ONLY and "email" in was_s["attributes"]
-                     and "email" not in was_p["attributes"] and p["attributes"].get("email") != was_s["attributes"]["email"])
-        return expected, "success", tolerated
+        return expected, "success"
 
     def same_identifier(self, field: str, a: str | None, b: str) -> bool:
         return a is not None and (a == b if field == "id" else a.lower() == b.lower())
