@@ -10,8 +10,12 @@ The database is DATABASE_URL (or --database-url): the coordinator's. The citus e
 already exist in that database on the coordinator and on every worker, and the workers must be
 registered (citus_add_node); this module does not manage the cluster.
 
+Tables that are not per workspace (REFERENCE_TABLES: the API keys) become Citus reference tables
+instead: one copy on every node, so that any worker can join them and the coordinator reads them
+locally. Such a table is tolerated missing (the migration that adds it may not have run yet).
+
 `distribute` is idempotent: a table already distributed by workspace_id and colocated with
-`workspaces` is left alone, so it can run after every migration (a migration that adds a table
+`workspaces` (or already a reference table) is left alone, so it can run after every migration (a migration that adds a table
 leaves it local until then). A table distributed any other way is an error, never changed.
 Citus requires every unique index and primary key of a distributed table to include the
 distribution column: each of ours leads with workspace_id, which `unique_keys_without_workspace`
@@ -33,9 +37,15 @@ from service.db.schema import metadata
 
 DISTRIBUTION_COLUMN = "workspace_id"
 ANCHOR = "workspaces"  # the table every other one is colocated with
-# Every table the service queries, the anchor first (people's foreign key references it, and
+# Tables that are not per workspace: a copy on every node (create_reference_table). Their keys need
+# not include workspace_id. Each may be missing (not yet migrated): skipped until it exists.
+REFERENCE_TABLES: tuple[str, ...] = ("api_keys",)
+# Every other table the service queries, the anchor first (people's foreign key references it, and
 # Citus distributes a referenced table before the tables that reference it).
-TABLES: tuple[str, ...] = (ANCHOR, *(t.name for t in metadata.sorted_tables if t.name != ANCHOR))
+TABLES: tuple[str, ...] = (
+    ANCHOR,
+    *(t.name for t in metadata.sorted_tables if t.name != ANCHOR and t.name not in REFERENCE_TABLES),
+)
 _LOCK = 7242002  # the advisory lock that serialises concurrent runs (migrate takes 7242001)
 
 
@@ -87,6 +97,25 @@ def distribution(conn: sa.Connection) -> dict[str, tuple[str, str, int] | None]:
     return out
 
 
+def existing_reference_tables(conn: sa.Connection) -> list[str]:
+    """The tables of REFERENCE_TABLES that exist in this database."""
+    return [t for t in REFERENCE_TABLES if conn.execute(sa.text("SELECT to_regclass(:t)"), {"t": t}).scalar() is not None]
+
+
+def reference_problems(conn: sa.Connection) -> list[str]:
+    """Each existing table of REFERENCE_TABLES that is not (yet) a Citus reference table."""
+    out = []
+    for table in existing_reference_tables(conn):
+        method = conn.execute(
+            sa.text("SELECT partmethod FROM pg_dist_partition WHERE logicalrelid = to_regclass(:t)"), {"t": table}
+        ).scalar()
+        if method is None:
+            out.append(f"{table}: not a reference table")
+        elif method != "n":  # a reference table has no distribution column ('n')
+            out.append(f"{table}: distributed (method {method!r}), not a reference table")
+    return out
+
+
 def problems(conn: sa.Connection) -> list[str]:
     """What keeps the database from being distributed as this module wants: empty when done."""
     if citus_version(conn) is None:
@@ -101,13 +130,14 @@ def problems(conn: sa.Connection) -> list[str]:
             out.append(f"{table}: distributed by {dist[1]!r} (method {dist[0]!r}), not hash by {DISTRIBUTION_COLUMN}")
         elif anchor is not None and dist[2] != anchor[2]:
             out.append(f"{table}: not colocated with {ANCHOR}")
-    return out
+    return out + reference_problems(conn)
 
 
 def distribute(engine: sa.Engine, shard_count: int | None = None) -> list[str]:
     """Distributes every table of TABLES not yet distributed (by workspace_id, colocated with
-    workspaces); returns the tables it distributed. Raises CitusError when a table cannot be:
-    no citus extension, a unique key without workspace_id, a table distributed otherwise."""
+    workspaces) and makes every existing table of REFERENCE_TABLES a reference table; returns
+    the tables it changed. Raises CitusError when a table cannot be: no citus extension, a
+    unique key without workspace_id, a table distributed otherwise."""
     done: list[str] = []
     with engine.connect() as conn:
         conn = conn.execution_options(isolation_level="AUTOCOMMIT")
@@ -121,6 +151,16 @@ def distribute(engine: sa.Engine, shard_count: int | None = None) -> list[str]:
             bad_keys = unique_keys_without_workspace(conn)
             if bad_keys:
                 raise CitusError(f"unique keys without {DISTRIBUTION_COLUMN}: {', '.join(bad_keys)}")
+            # Reference tables first: Citus lets a distributed table's foreign key reference a
+            # reference table (which must then exist as one), never a reference table reference
+            # a distributed one (so api_keys must not reference workspaces).
+            for table in existing_reference_tables(conn):
+                if conn.execute(
+                    sa.text("SELECT 1 FROM pg_dist_partition WHERE logicalrelid = to_regclass(:t)"), {"t": table}
+                ).first() is not None:
+                    continue  # already Citus's: reference_problems reports it if not as a reference table
+                conn.execute(sa.text("SELECT create_reference_table(:t)"), {"t": table})
+                done.append(table)
             for table in TABLES:
                 current = distribution(conn)
                 if current[table] is not None:
@@ -161,7 +201,11 @@ def main(argv: list[str] | None = None) -> int:
                 left = problems(conn)
             for line in left:
                 print(f"citus: {line}", file=sys.stderr)
-            print("citus: every table distributed by workspace_id, colocated" if not left else "citus: not distributed")
+            print(
+                "citus: every table distributed by workspace_id, colocated (reference tables replicated)"
+                if not left
+                else "citus: not distributed"
+            )
             return 1 if left else 0
         if args.command == "migrate":
             migrate(engine)

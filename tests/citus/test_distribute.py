@@ -24,7 +24,9 @@ def test_every_table_is_distributed_by_workspace_id_and_colocated(engine: sa.Eng
     with engine.connect() as conn:
         found = citus.distribution(conn)
         assert citus.problems(conn) == []
-    assert set(found) == {"workspaces", "people", "event_sequences", "person_events", "stored_responses"}
+    assert set(found) == {
+        "workspaces", "people", "event_sequences", "person_events", "stored_responses", "imports", "import_refusals",
+    }
     assert {(method, column) for method, column, _ in found.values()} == {("h", "workspace_id")}  # type: ignore[misc]
     assert len({colocation for _, _, colocation in found.values()}) == 1  # type: ignore[misc]
 
@@ -101,6 +103,36 @@ def test_a_database_with_data_is_distributed_with_its_rows(spare_database: str) 
                 )
             ).scalar()
             assert nodes == 2
+    finally:
+        engine.dispose()
+
+
+def test_api_keys_become_a_reference_table_and_may_be_missing(spare_database: str) -> None:
+    """REFERENCE_TABLES (api_keys, not per workspace, added by a later migration) is tolerated
+    missing; once it exists, distribute makes it a reference table (a copy on every node, its rows
+    kept), leaves it alone the next time, and check reports it until then."""
+    assert "api_keys" in citus.REFERENCE_TABLES and "api_keys" not in citus.TABLES
+    engine = create_engine(spare_database)
+    try:
+        migrate(engine)
+        assert "workspaces" in citus.distribute(engine)  # no api_keys table: nothing to say about it
+        with engine.begin() as conn:
+            assert citus.existing_reference_tables(conn) == []
+            # The shape the keys' migration gives it: its own key, no workspace_id in it.
+            conn.execute(sa.text("CREATE TABLE api_keys (key_id text PRIMARY KEY, secret_hash bytea NOT NULL)"))
+            conn.execute(sa.text("INSERT INTO api_keys VALUES ('k1', '\\x01'), ('k2', '\\x02')"))
+        with engine.connect() as conn:
+            assert citus.problems(conn) == ["api_keys: not a reference table"]
+        assert citus.distribute(engine) == ["api_keys"]
+        assert citus.distribute(engine) == []
+        with engine.connect() as conn:
+            assert citus.problems(conn) == []
+            assert conn.execute(sa.text("SELECT count(*) FROM api_keys")).scalar() == 2
+            placements = conn.execute(
+                sa.text("SELECT count(DISTINCT nodeport) FROM citus_shards WHERE table_name = 'api_keys'::regclass")
+            ).scalar()
+            nodes = conn.execute(sa.text("SELECT count(*) FROM pg_dist_node WHERE isactive")).scalar()
+        assert placements == nodes  # every node, the coordinator included, holds a copy
     finally:
         engine.dispose()
 
