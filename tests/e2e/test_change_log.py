@@ -17,6 +17,7 @@ from google.protobuf import json_format
 from identity.v1 import identity_pb2 as pb
 from service.domain import Mode
 from tests.e2e.helpers import EMAIL, ID, refused
+from tests.lock_waits import backend_id, until, waiting
 
 KIND = pb.PersonEventKind
 
@@ -141,22 +142,20 @@ def test_r51_sequence_order_is_commit_order(engine, database_url, workspace, stu
     with psycopg.connect(url) as first, psycopg.connect(url, autocommit=True) as watcher:
         taken_first = append(first, "a" * 20)  # not committed yet
         second_result: list[int] = []
+        second_backend: list[int] = []
 
         def second() -> None:
             with psycopg.connect(url) as conn:
+                second_backend.append(backend_id(conn))
                 second_result.append(append(conn, "b" * 20))
                 conn.commit()
 
         thread = threading.Thread(target=second)
         thread.start()
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:  # the second waits on the first's counter lock
-            waiting = watcher.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%%event_sequences%%'"
-            ).fetchone()[0]
-            if waiting:
-                break
-            time.sleep(0.02)
+        # The second waits on the first's counter lock (on Citus, on the worker: tests/lock_waits.py).
+        assert until(lambda: bool(second_backend) and waiting(watcher, second_backend[0]), 20), (
+            "the second transaction never waited for the first's counter lock"
+        )
         visible = watcher.execute("SELECT sequence FROM person_events WHERE workspace_id = %s", (workspace,)).fetchall()
         assert visible == [], "nothing is visible before the first commit"
         first.commit()

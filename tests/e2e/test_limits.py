@@ -14,19 +14,16 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from identity.v1 import identity_pb2 as pb
 from identity.v1 import identity_pb2_grpc as pb_grpc
 from tests.e2e.helpers import identify, refused
+from tests.lock_waits import backend_id, blocked_by
 
 
-def _wait_for_lock_waiters(engine: sa.Engine, count: int, within: float = 10.0) -> bool:
+def _wait_for_lock_waiters(engine: sa.Engine, holder: int, count: int, within: float = 10.0) -> bool:
+    """Whether `count` sessions wait for the locks of the session `holder` within `within` s (on
+    plain Postgres or on Citus, whose waits are on the workers: tests/lock_waits.py)."""
     deadline = time.monotonic() + within
     with engine.connect() as conn:
         while time.monotonic() < deadline:
-            waiting = conn.execute(
-                sa.text(
-                    "SELECT count(*) FROM pg_stat_activity "
-                    "WHERE datname = current_database() AND wait_event_type = 'Lock'"
-                )
-            ).scalar_one()
-            if waiting >= count:
+            if blocked_by(conn, holder) >= count:
                 return True
             time.sleep(0.01)
     return False
@@ -45,13 +42,14 @@ def test_past_the_limit_of_calls_in_flight_a_call_is_resource_exhausted(start_se
                 sa.text("SELECT 1 FROM people WHERE workspace_id = :w AND cio_id = :c FOR UPDATE"),
                 {"w": workspace, "c": person.cio_id},
             )
+            holder = backend_id(lock_conn)
             held = threading.Thread(
                 target=lambda: held_result.append(
                     stub.Identify(pb.IdentifyRequest(workspace_id=workspace, id="held"), timeout=30)
                 )
             )
             held.start()
-            assert _wait_for_lock_waiters(engine, 1), "the held call never waited on the lock"
+            assert _wait_for_lock_waiters(engine, holder, 1), "the held call never waited on the lock"
             refusal = refused(stub.GetSettings, pb.GetSettingsRequest(workspace_id=workspace),
                               grpc.StatusCode.RESOURCE_EXHAUSTED, timeout=10)
             assert refusal.reason == "TOO_MANY_CALLS"

@@ -2,7 +2,7 @@
 FOR SHARE, and Postgres lets each new FOR SHARE pass a waiting FOR NO KEY UPDATE, so without the
 workspace gate (an advisory lock taken shared by writes and exclusively by a settings change) a
 settings change could wait for ever behind overlapping writes. The waits are observed in
-pg_stat_activity, not guessed from sleeps."""
+pg_stat_activity (on Citus: citus_lock_waits, tests/lock_waits.py), not guessed from sleeps."""
 
 from __future__ import annotations
 
@@ -14,14 +14,15 @@ import psycopg
 from service.db.engine import libpq_url
 from service.db.repository import Lock, Repository
 from service.rules.decisions import Lookup
+from tests.lock_waits import abackend_id, awaiting
 
 
-async def _waiting_on_a_lock(observer: psycopg.AsyncConnection, pid: int, within: float = 10.0) -> bool:
+async def _waiting_on_a_lock(observer: psycopg.AsyncConnection, backend: int, within: float = 10.0) -> bool:
+    """Whether the session `backend` (tests/lock_waits.py: its pid, or its global pid on Citus,
+    where the waits are on the workers) waits on a lock within `within` s."""
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
-        cur = await observer.execute("SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", (pid,))
-        row = await cur.fetchone()
-        if row is not None and row[0] == "Lock":
+        if await awaiting(observer, backend):
             return True
         await asyncio.sleep(0.01)
     return False
@@ -30,6 +31,7 @@ async def _waiting_on_a_lock(observer: psycopg.AsyncConnection, pid: int, within
 async def _scenario(url: str, workspace: str) -> list[str]:
     connect = lambda: psycopg.AsyncConnection.connect(url, autocommit=True)  # noqa: E731
     first, changer, second, observer = [await connect() for _ in range(4)]
+    changer_id, second_id = await abackend_id(changer), await abackend_id(second)
     finished: list[str] = []
     nobody = Lookup(ids=("nobody",))
 
@@ -51,10 +53,10 @@ async def _scenario(url: str, workspace: str) -> list[str]:
         while not first.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS or first_task.done():
             await asyncio.sleep(0.01)
         changer_task = asyncio.create_task(change_settings())
-        assert await _waiting_on_a_lock(observer, changer.info.backend_pid), "the settings change did not wait"
+        assert await _waiting_on_a_lock(observer, changer_id), "the settings change did not wait"
         second_task = asyncio.create_task(write(second, "second", release_second))
         # A write that comes after the waiting settings change queues behind it.
-        assert await _waiting_on_a_lock(observer, second.info.backend_pid), "a later write overtook the settings change"
+        assert await _waiting_on_a_lock(observer, second_id), "a later write overtook the settings change"
         assert not finished
         release_first.set()
         release_second.set()

@@ -40,6 +40,7 @@ from service.db.engine import create_pool
 from service.db.unit_of_work import UnitOfWork
 from service.domain import Settings
 from service.usecases import IdentityService
+from tests.lock_waits import backend_id, blocked_by
 from tests.races.harness import (
     CHANNEL_OPTIONS,
     Call,
@@ -418,24 +419,12 @@ def test_sigterm_under_load_drains_and_exits(fault_engine, fault_workspace, star
                 sa.text("SELECT 1 FROM people WHERE workspace_id = :w AND cio_id = :c FOR UPDATE"),
                 {"w": ws, "c": held_person.cio_id},
             )
-            holder = lock_conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+            holder = backend_id(lock_conn)
             held = Load(server.address, 4, held_body, seconds=10.0, max_calls=1, timeout=10.0, first_index=THREADS - 4).start()
             # The held calls, and only they, wait for this lock (the writers also queue on each
-            # other, for their workspace's change-log counter, R51: those do not count).
-            waiting = wait_until(
-                lambda: watch.execute(
-                    sa.text(
-                        # Blocked by the holder, or queued behind one who is (a row's waiters
-                        # line up on its tuple lock behind the first).
-                        "WITH RECURSIVE blocked(pid) AS ("
-                        " SELECT pid FROM pg_stat_activity WHERE :holder = ANY(pg_blocking_pids(pid))"
-                        " UNION SELECT a.pid FROM pg_stat_activity a JOIN blocked b ON b.pid = ANY(pg_blocking_pids(a.pid))"
-                        ") SELECT count(*) FROM blocked"
-                    ),
-                    {"holder": holder},
-                ).scalar_one() >= 4,
-                5.0,
-            )
+            # other, for their workspace's change-log counter, R51: those do not count). On Citus
+            # the waits are on the worker: tests/lock_waits.py reads them from citus_lock_waits.
+            waiting = wait_until(lambda: blocked_by(watch, holder) >= 4, 5.0)
             t_term = time.monotonic()
             server.proc.send_signal(signal.SIGTERM)
             time.sleep(0.5)
