@@ -58,7 +58,7 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.write_line(summary_line(name, values))
     run = {
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "database": "DATABASE_URL" if os.environ.get("DATABASE_URL") else "embedded",
+        "database": "citus" if os.environ.get("CITUS_URL") else "DATABASE_URL" if os.environ.get("DATABASE_URL") else "embedded",
     }
     try:
         existing = json.loads(SUMMARY_FILE.read_text()) if SUMMARY_FILE.exists() else []
