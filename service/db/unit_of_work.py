@@ -30,6 +30,25 @@ _RACE_ERRORS = (
     psycopg.errors.SerializationFailure,
     psycopg.errors.DeadlockDetected,
 )
+# On Citus, a worker node lost in the middle of a transaction (stopped, crashed, unreachable) is
+# reported by the coordinator as an internal error (SQLSTATE XX000) with one of these messages,
+# not as a connection error: the statement's or the COMMIT's outcome on that worker is unknown,
+# exactly as when a plain Postgres's connection breaks, so it is answered the same way
+# (UNAVAILABLE: the client retries, with its request_id where the outcome matters).
+_NODE_LOST_MESSAGES = (
+    "could not commit transaction for shard",  # the worker went away during COMMIT
+    "failure on connection marked as essential",
+    "server closed the connection unexpectedly",
+    "connection to server was lost",
+    "terminating connection due to",
+)
+
+
+def _node_lost(error: psycopg.errors.InternalError_) -> bool:
+    message = error.diag.message_primary or ""
+    return any(m in message for m in _NODE_LOST_MESSAGES)
+
+
 # statement_timeout or lock_timeout fired.
 _TIMEOUT_ERRORS = (psycopg.errors.QueryCanceled, psycopg.errors.LockNotAvailable)
 DEFAULT_ATTEMPTS = 6
@@ -106,6 +125,10 @@ class UnitOfWork:
                 ) from error
             except psycopg.OperationalError as error:  # unreachable, or the connection broke
                 raise _unavailable() from error
+            except psycopg.errors.InternalError_ as error:
+                if _node_lost(error):  # Citus: a worker node went away
+                    raise _unavailable() from error
+                raise
         raise AssertionError("unreachable")
 
     async def _run_once(self, work: Work[T], timeout_ms: int | None, read_only: bool) -> T:
@@ -165,6 +188,10 @@ class Snapshot:
                 raise Unavailable("DATABASE_BUSY", "no database connection was free in time; retry later") from error
             except psycopg.OperationalError as error:
                 raise _unavailable() from error
+            except psycopg.errors.InternalError_ as error:
+                if _node_lost(error):
+                    raise _unavailable() from error
+                raise
 
 
 async def _end_failed(conn: psycopg.AsyncConnection, wrote: bool) -> None:

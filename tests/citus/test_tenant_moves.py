@@ -106,7 +106,7 @@ def _node_of(conn: sa.Connection, table: str, workspace: str) -> tuple[int, int]
     row = conn.execute(
         sa.text(
             "SELECT shardid, nodeport FROM citus_shards WHERE table_name = CAST(:t AS regclass)"
-            " AND shardid = get_shard_id_for_distribution_column(:t, :w)"
+            " AND shardid = get_shard_id_for_distribution_column(:t, CAST(:w AS text))"
         ),
         {"t": table, "w": workspace},
     ).one()
@@ -138,7 +138,7 @@ def test_tenant_isolated_moved_and_shards_rebalanced_under_load(
                 before_shard, source = _node_of(conn, "workspaces", big)
                 t = time.monotonic()
                 isolated = conn.execute(
-                    sa.text("SELECT isolate_tenant_to_new_shard('workspaces', :w, 'CASCADE', shard_transfer_mode => :m)"),
+                    sa.text("SELECT isolate_tenant_to_new_shard('workspaces', CAST(:w AS text), 'CASCADE', shard_transfer_mode => :m)"),
                     {"w": big, "m": MODE},
                 ).scalar_one()
                 steps["isolate_seconds"] = time.monotonic() - t
