@@ -28,6 +28,7 @@ os.environ.setdefault("DB_PLAN_CACHE_MODE", "auto")
 
 from service.db.citus import distribute, problems  # noqa: E402
 from service.db.engine import create_engine, migrate  # noqa: E402
+from tests.races.conftest import pytest_terminal_summary  # noqa: E402,F401  (the fault tests' figures, summed up)
 
 
 def _with_database(url: str, database: str, host: str | None = None, port: int | None = None) -> str:

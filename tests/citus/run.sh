@@ -63,9 +63,11 @@ start_cluster() {
   [ -n "$base" ] || { echo "no 4 consecutive free ports" >&2; return 1; }
   echo "== starting a Citus cluster (coordinator :$base, 2 workers) in $dir" >&2
   url=$(bash "$engine/cluster.sh" start "$dir" "$base" 2) || return 1
-  # Online shard moves and tenant isolation copy through logical replication.
+  # Online shard moves and tenant isolation copy through logical replication, with Citus's own
+  # decoding plugin (this PostgreSQL names the plugins it allows in output_plugin_libraries).
   for i in 0 1 2; do
-    psql -qXAt -h 127.0.0.1 -p $((base + i)) -U postgres -c "ALTER SYSTEM SET wal_level = logical" >/dev/null || return 1
+    psql -qXAt -h 127.0.0.1 -p $((base + i)) -U postgres -c "ALTER SYSTEM SET wal_level = logical" \
+      -c "ALTER SYSTEM SET output_plugin_libraries = pgoutput, test_decoding, citus" >/dev/null || return 1
     runuser -u postgres -- "$bin/pg_ctl" -D "$dir/node$i" -l "$dir/node$i.log" -m fast -w -t 60 restart >/dev/null || return 1
   done
   for i in 0 1 2; do

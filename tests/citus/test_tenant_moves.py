@@ -3,7 +3,8 @@ isolated onto a shard of its own (isolate_tenant_to_new_shard, CASCADE: every co
 that shard group moved to the other worker (citus_move_shard_placement), then a third worker
 added and the shards rebalanced onto it (citus_add_node, rebalance_table_shards), all with
 shard_transfer_mode 'auto' (logical replication: the cluster runs with wal_level=logical), all
-under a load of writes into the large workspace and six others.
+under a load of writes into the large workspace and six others. (Isolation with
+shard_transfer_mode 'block_writes': see ISOLATE_MODE.)
 
 Afterwards: every acknowledged write is present and no identifier is duplicated (the race
 suite's history check, per workspace); each workspace's change log is whole (sequences 1..n with
@@ -32,11 +33,11 @@ from identity.v1 import identity_pb2 as pb
 from identity.v1 import identity_pb2_grpc as pb_grpc
 from service.api.convert import settings_to_pb
 from service.db.citus import distribute, problems
-from service.db.engine import create_engine, migrate
+from service.db.engine import create_engine, migrate, sqlalchemy_url
 from service.domain import Settings
 from tests.citus.conftest import create_citus_database, drop_citus_database
 from tests.citus.nodes import PG_CTL, Node, cluster_folder
-from tests.citus.test_worker_down import writer
+from tests.citus.test_worker_down import served, writer
 from tests.races.conftest import figures  # noqa: F401  (a fixture)
 from tests.races.harness import Load, ServerProcess, check_history, duplicates_in_sql, tally
 
@@ -46,7 +47,16 @@ C = grpc.StatusCode
 SHARDS = 8
 THREADS = 16
 DEADLINE = 5.0
-MODE = "auto"  # logical replication where possible: writes go on during the copy
+# Moves and the rebalancer copy through logical replication ('auto'): writes go on during the
+# copy and pause only for the final switch. Tenant isolation splits a shard, and Citus 13.2.2's
+# logical split fails on this PostgreSQL 15.20 as soon as a row is updated during it (the
+# subscriber: "publisher did not send replica identity column expected by the logical
+# replication target relation", retried for ever), so it blocks the shard group's writes while
+# it copies instead: the large workspace's (and its shard neighbours') writes wait, for a
+# fraction of a second at these sizes.
+MOVE_MODE = "auto"
+ISOLATE_MODE = "block_writes"
+OPERATOR_TIMEOUT_MS = 180_000  # a move that hangs fails the test instead of the CI run
 INITDB = "/usr/lib/postgresql/15/bin/initdb"
 
 
@@ -73,6 +83,7 @@ def new_worker(citus_url: str) -> Iterator[Node]:
         conf.write(
             f"shared_preload_libraries = 'citus'\nlisten_addresses = '127.0.0.1'\nport = {port}\n"
             f"unix_socket_directories = '{folder}'\nmax_connections = 200\nwal_level = logical\n"
+            "output_plugin_libraries = 'pgoutput, test_decoding, citus'\n"
         )
     node.start()
     try:
@@ -133,13 +144,17 @@ def test_tenant_isolated_moved_and_shards_rebalanced_under_load(
         load = Load(server.address, THREADS, writer(spread), seconds=180, max_calls=1_000_000, timeout=DEADLINE).start()
         try:
             time.sleep(2.0)
-            with engine.connect() as conn:
+            # The operator's session: not the service's (whose statements are capped at 5 s).
+            operator = sa.create_engine(
+                sqlalchemy_url(url), poolclass=sa.NullPool, connect_args={"options": f"-c statement_timeout={OPERATOR_TIMEOUT_MS}"}
+            )
+            with operator.connect() as conn:
                 conn = conn.execution_options(isolation_level="AUTOCOMMIT")
                 before_shard, source = _node_of(conn, "workspaces", big)
                 t = time.monotonic()
                 isolated = conn.execute(
                     sa.text("SELECT isolate_tenant_to_new_shard('workspaces', CAST(:w AS text), 'CASCADE', shard_transfer_mode => :m)"),
-                    {"w": big, "m": MODE},
+                    {"w": big, "m": ISOLATE_MODE},
                 ).scalar_one()
                 steps["isolate_seconds"] = time.monotonic() - t
                 time.sleep(1.0)
@@ -150,14 +165,14 @@ def test_tenant_isolated_moved_and_shards_rebalanced_under_load(
                     sa.text(
                         "SELECT citus_move_shard_placement(:s, '127.0.0.1', :src, '127.0.0.1', :dst, shard_transfer_mode => :m)"
                     ),
-                    {"s": isolated, "src": source, "dst": target, "m": MODE},
+                    {"s": isolated, "src": source, "dst": target, "m": MOVE_MODE},
                 )
                 steps["move_seconds"] = time.monotonic() - t
                 time.sleep(1.0)
                 conn.execute(sa.text("SELECT citus_add_node('127.0.0.1', :p)"), {"p": new_worker.port})
                 planned = conn.execute(sa.text("SELECT count(*) FROM get_rebalance_table_shards_plan()")).scalar_one()
                 t = time.monotonic()
-                conn.execute(sa.text("SELECT rebalance_table_shards(shard_transfer_mode => :m)"), {"m": MODE})
+                conn.execute(sa.text("SELECT rebalance_table_shards(shard_transfer_mode => :m)"), {"m": MOVE_MODE})
                 steps["rebalance_seconds"] = time.monotonic() - t
                 left = conn.execute(sa.text("SELECT count(*) FROM get_rebalance_table_shards_plan()")).scalar_one()
             t_moved = time.monotonic()
@@ -217,10 +232,10 @@ def test_tenant_isolated_moved_and_shards_rebalanced_under_load(
     assert len({port for _, port in placed.values()}) == 1, f"the workspace's tables are on different nodes: {placed}"
     assert planned > 0 and left == 0, (planned, left)
     assert on_new > 0, "the rebalancer put no shard on the new worker"
-    # The service served throughout: calls on every workspace succeeded after the moves, and
-    # none failed in a way that says anything but "retry" (a write that waited out its
+    # The service served throughout (OK, or a refusal of the rules: the shared people's
+    # identifiers conflict): calls on every workspace were served after the moves, and none failed in a way that says anything but "retry" (a write that waited out its
     # deadline behind a move's final lock, while the shard's writes are paused).
-    assert after and all(c.ok for c in after), [c.describe() for c in after if not c.ok][:10]
-    odd = [c for c in calls if not c.ok and c.code not in (C.DEADLINE_EXCEEDED, C.UNAVAILABLE, C.ABORTED)]
+    assert after and all(served(c) for c in after), [c.describe() for c in after if not served(c)][:10]
+    odd = [c for c in calls if not served(c) and c.code not in (C.DEADLINE_EXCEEDED, C.UNAVAILABLE, C.ABORTED)]
     assert not odd, "unexpected failures during the moves:\n" + "\n".join(c.describe() for c in odd[:10])
-    assert values["ok"] > 0.95 * values["calls"], values
+    assert sum(1 for c in calls if not served(c)) <= 0.05 * len(calls), values
