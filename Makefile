@@ -12,7 +12,7 @@ BUF_STAMP := .tools/.buf-$(BUF_VERSION)
 PROTO_RELEASE := 06d1d40
 PROTO_BASELINE := protos/release/identity-v1.binpb
 
-.PHONY: all install tools generate buf-lint buf-breaking proto-baseline migrate run test test-fast bench clean citus-test citus-distribute
+.PHONY: all install tools generate buf-lint buf-breaking proto-baseline migrate run test test-fast bench clean citus-test citus-distribute citus-bench
 
 all: test
 
@@ -62,12 +62,18 @@ test: $(STAMP) $(BUF_STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
-# Citus (tests/citus/, not collected by `make test`): builds and installs Citus into the machine's
-# PostgreSQL 15 if needed (as root, ~5 min once per machine), starts a coordinator and 2 workers in
-# a temporary folder, runs tests/citus/ and then tests/e2e/ (CITUS_E2E: other paths) against them,
-# stops them. Options through PYTEST_ARGS. Not part of `make test`.
+# Citus (tests/citus/, not collected by `make test`; run by .ci/run after it): builds and installs
+# Citus into the machine's PostgreSQL 15 if needed (as root, once per machine), starts a
+# coordinator and 2 workers in a temporary folder, runs tests/citus/ (distribution, routing, the
+# fault suite on the cluster, a worker down, tenant moves) and then tests/e2e/ and tests/races/
+# (CITUS_E2E: other paths) against them, stops them. Options through PYTEST_ARGS.
 citus-test: $(STAMP)
 	bash tests/citus/run.sh $(PYTEST_ARGS)
+
+# The benchmark's scenarios on the machine's Postgres and on a local Citus cluster, side by side
+# (bench/citus.py; options through CITUS_BENCH_ARGS, e.g. "--people 100000 --rounds 2").
+citus-bench: $(STAMP)
+	$(BIN)/python -m bench.citus $(CITUS_BENCH_ARGS)
 
 # On a Citus coordinator (DATABASE_URL): the migrations, then every table distributed by
 # workspace_id (service/db/citus.py; idempotent). Serve it with DB_PLAN_CACHE_MODE=auto.

@@ -41,7 +41,7 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def throwaway_pg(citus_url: str) -> Iterator[Node]:
+def throwaway_pg(citus_url: str, engine: sa.Engine) -> Iterator[Node]:
     """What the database restart test stops and starts: the coordinator (stop, start, accepts)."""
     node = coordinator(citus_url)
     assert node.accepts()
@@ -49,6 +49,8 @@ def throwaway_pg(citus_url: str) -> Iterator[Node]:
         yield node
     finally:
         node.ensure_started()  # a failed test must not leave the cluster without its coordinator
+        # The session's engine (tests/citus/conftest.py) pooled connections the restart ended.
+        engine.dispose()
 
 
 @pytest.fixture(scope="module")
