@@ -111,10 +111,15 @@ class Cluster:
 
 
 def _tree_cpu(pids: list[int]) -> float:
+    """CPU seconds of each postmaster and its processes, those that ended included: the
+    coordinator opens and closes worker connections per transaction beyond its cached one, and
+    an ended backend's time is in its postmaster's children_* times once reaped."""
     total = 0.0
     for pid in pids:
         try:
             root = psutil.Process(pid)
+            own = root.cpu_times()
+            total += own.children_user + own.children_system
             for p in [root, *root.children(recursive=True)]:
                 try:
                     t = p.cpu_times()
