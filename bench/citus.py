@@ -169,8 +169,9 @@ def table(pg: dict[str, dict[str, Any]], citus: dict[str, dict[str, Any]], extra
         return "-" if v is None else f"{v:,.{digits}f}"
 
     lines = [
-        "| scenario | Postgres calls/s | Citus calls/s | Citus / Postgres | p50 ms PG / Citus | p99 ms PG / Citus | pgbench tps PG / Citus |",
-        "|---|---|---|---|---|---|---|",
+        "| scenario | Postgres calls/s | Citus calls/s | Citus / Postgres | p50 ms PG / Citus | p99 ms PG / Citus"
+        " | server CPU ms/call PG / Citus | database CPU ms/call PG / Citus coordinator | pgbench tps PG / Citus |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name in pg:
         a, b = pg[name], citus.get(name, {})
@@ -178,6 +179,8 @@ def table(pg: dict[str, dict[str, Any]], citus: dict[str, dict[str, Any]], extra
         lines.append(
             f"| {name} | {f(a.get('calls_per_s'))} | {f(b.get('calls_per_s'))} | {f(ratio, 2)} |"
             f" {f(a.get('p50_ms'), 2)} / {f(b.get('p50_ms'), 2)} | {f(a.get('p99_ms'), 2)} / {f(b.get('p99_ms'), 2)} |"
+            f" {f(a.get('server_cpu_ms_per_call'), 2)} / {f(b.get('server_cpu_ms_per_call'), 2)} |"
+            f" {f(a.get('postgres_cpu_ms_per_call'), 2)} / {f(b.get('postgres_cpu_ms_per_call'), 2)} |"
             f" {f(a.get('pgbench_tps'))} / {f(b.get('pgbench_tps'))} |"
         )
     lines.append("")
