@@ -92,15 +92,33 @@ class RunningServer:
         await self.set_serving(available)
 
     async def stop(self, grace: float) -> None:
-        """Health goes NOT_SERVING at once; calls in flight get `grace` seconds to finish."""
-        await self.health.enter_graceful_shutdown()
+        """Health goes NOT_SERVING at once; calls in flight get `grace` seconds to finish. Each
+        step is bounded: a step that hangs is logged (with what is still running) and the
+        stop goes on, so that a process always exits."""
+        await _bounded("health", self.health.enter_graceful_shutdown(), STEP_TIMEOUT)
         if self.janitor is not None:
             self.janitor.cancel()
         if self.notifier is not None:
-            await self.notifier.close()  # change-feed streams end now (UNAVAILABLE): they resume elsewhere
-        await self.server.stop(grace)
-        await self.monitor.stop()
-        await self.uow.pool.close(timeout=1)
+            # Change-feed streams end now (UNAVAILABLE): they resume elsewhere.
+            await _bounded("change notifications", self.notifier.close(), STEP_TIMEOUT)
+        await _bounded("gRPC server", self.server.stop(grace), grace + STEP_TIMEOUT)
+        await _bounded("database monitor", self.monitor.stop(), STEP_TIMEOUT)
+        await _bounded("connection pool", self.uow.pool.close(timeout=1), STEP_TIMEOUT)
+
+
+STEP_TIMEOUT = 5.0  # seconds for one step of a stop, beyond its grace
+
+
+async def _bounded(step: str, awaitable: Awaitable[Any], seconds: float) -> None:
+    try:
+        await asyncio.wait_for(awaitable, seconds)
+    except asyncio.TimeoutError:
+        running = [
+            f"{task.get_name()}: {task.get_coro()!r}"
+            for task in asyncio.all_tasks()
+            if task is not asyncio.current_task()
+        ]
+        log.error("stopping the %s took over %.0f s; going on. Still running: %s", step, seconds, running)
 
 
 async def create_server(
