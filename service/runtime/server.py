@@ -36,6 +36,7 @@ from service.api.status import cut
 from service.db.notifier import Notifier
 from service.domain import Call
 from service.usecases import IdentityService
+from service.usecases.imports import BATCH_ROWS
 
 log = logging.getLogger("identity.server")
 
@@ -132,6 +133,7 @@ async def create_server(
     api_keys: ApiKeys | None = None,
     tls: ServerTls | None = None,
     insecure: bool = False,
+    import_batch_rows: int = BATCH_ROWS,
 ) -> RunningServer:
     """Builds and starts a server on `address` ("host:port"; port 0 picks a free one), in the
     running event loop. Past `max_concurrent_calls` identity calls in flight, new ones get
@@ -150,7 +152,7 @@ async def create_server(
     uow = UnitOfWork(pool, available=lambda: monitor.available)
     service = IdentityService(uow, _pause_after_commit(os.environ.get(PAUSE_AFTER_COMMIT_ENV, "")))
     notifier = Notifier(libpq_url(database_url), service.events_after)
-    edge = Edge(IdentityApi(service, notifier), api_keys, max_concurrent_calls)
+    edge = Edge(IdentityApi(service, notifier, import_batch_rows), api_keys, max_concurrent_calls)
     server.add_generic_rpc_handlers(edge.handlers())
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable([*SERVICE_NAMES, health.SERVICE_NAME], server)
