@@ -5,14 +5,12 @@ twice. The server here applies 3 rows per batch, so that rows interact across ba
 
 from __future__ import annotations
 
-import json
 import threading
 import uuid
 from typing import Any, Iterator
 
 import grpc
 import pytest
-import sqlalchemy as sa
 from google.rpc import error_details_pb2
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -20,7 +18,7 @@ from hypothesis import strategies as st
 from identity.v1 import identity_pb2 as pb
 from identity.v1 import identity_pb2_grpc as pb_grpc
 from service.domain import Mode
-from tests.e2e.helpers import identify, parse
+from tests.e2e.helpers import identify, parse, workspace_world
 
 BATCH = 3
 
@@ -75,39 +73,7 @@ def _reference(stub, workspace: str, data: bytes) -> tuple[int, dict[int, tuple[
 
 @pytest.fixture
 def world(engine):
-    """The people and the change log of a workspace, up to the random cio_ids (each replaced by
-    the order of its first appearance) and times."""
-
-    def state(workspace: str) -> tuple[list, list]:
-        with engine.connect() as conn:
-            people = conn.execute(
-                sa.text("SELECT cio_id, id, email, attributes FROM people WHERE workspace_id = :w ORDER BY created_at, cio_id"),
-                {"w": workspace},
-            ).all()
-            events = conn.execute(
-                sa.text("SELECT cio_id, kind, body FROM person_events WHERE workspace_id = :w ORDER BY sequence"),
-                {"w": workspace},
-            ).all()
-        names: dict[str, str] = {}
-
-        def name(cio_id: str) -> str:
-            return names.setdefault(cio_id, f"p{len(names)}")
-
-        for cio_id, kind, body in events:
-            name(cio_id)
-        logged = []
-        for cio_id, kind, body in events:
-            body = dict(body)
-            if "merged" in body:
-                merged = dict(body["merged"])
-                merged["cio_id"] = name(merged["cio_id"])
-                merged.pop("created_at"), merged.pop("updated_at")
-                body["merged"] = merged
-            logged.append((name(cio_id), kind, json.dumps(body, sort_keys=True)))
-        stored = sorted((name(c), i, e, json.dumps(a, sort_keys=True)) for c, i, e, a in people)
-        return stored, logged
-
-    return state
+    return lambda workspace: workspace_world(engine, workspace)
 
 
 # --- the same answers as one by one (R80) ---
