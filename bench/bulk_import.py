@@ -33,6 +33,7 @@ import grpc
 
 from bench.server import MB, CpuMeter, PostgresProcesses, RssSampler, ServerProcess
 from bench import load
+from service.db.engine import create_engine, migrate
 from identity.v1 import identity_pb2 as pb
 from identity.v1 import identity_pb2_grpc as pb_grpc
 
@@ -158,6 +159,9 @@ class Bench:
 
     def run(self) -> dict[str, Any]:
         args = self.args
+        engine = create_engine(args.database_url, pool_size=1)
+        migrate(engine)  # a fresh database works too
+        engine.dispose()
         facts = load.database_facts(args.database_url)
         postgres = PostgresProcesses(args.database_url, facts["postmaster_pid"])
         server = ServerProcess(args.database_url, self.out / f"bulk_import-{self.stamp}-server.log",
