@@ -347,3 +347,96 @@ def test_two_streams_of_one_import_apply_no_row_twice(bulk_stub, stub, make_work
         stream(bulk_stub, raced, RESUME_FILE, import_id=import_id)  # both lost: a resume finishes it
     assert world(raced) == world(whole)
 
+
+
+# --- hostile input: its proper code, never INTERNAL, and the service still serves ---
+
+METHOD = "/identity.v1.IdentityService/StreamImportPeople"
+
+
+def _raw_stream(port: int, messages: list[bytes], timeout: float = 30) -> tuple[grpc.StatusCode, list[bytes]]:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = channel.stream_stream(METHOD)(iter(messages), timeout=timeout)
+        received = []
+        try:
+            for message in call:
+                received.append(message)
+            return grpc.StatusCode.OK, received
+        except grpc.RpcError as error:
+            return error.code(), received
+
+
+@pytest.fixture(scope="module")
+def bulk_port(start_server) -> int:
+    return start_server(import_batch_rows=BATCH, pool_size=4).port
+
+
+def _first(workspace: str) -> bytes:
+    return pb.StreamImportPeopleRequest(workspace_id=workspace, import_id=str(uuid.uuid4())).SerializeToString()
+
+
+@pytest.mark.parametrize(
+    "later",
+    [
+        [b"\xff\xff\xff\xff"],  # not a message
+        [b"\x0a\xff\xff\xff\xff\x0f"],  # a length beyond the message
+        [pb.StreamImportPeopleRequest(chunk=b"id\na1\n").SerializeToString(), b"\x1a\x05ab"],  # cut short
+    ],
+)
+def test_undecodable_messages_are_invalid_argument(bulk_port, workspace, later):
+    code, _ = _raw_stream(bulk_port, [_first(workspace), *later])
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_an_undecodable_first_message_is_invalid_argument(bulk_port):
+    code, _ = _raw_stream(bulk_port, [b"\x0a\x05ab"])
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+@pytest.mark.parametrize(
+    "data, refused_reason",
+    [
+        (b"id,plan\na\x001,pro\n", "INVALID_ID"),  # NUL in an identifier
+        (b"id,plan\na1,p\x00ro\n", None),  # NUL in an attribute: as Identify decides
+        (b"id,plan\n" + b"x" * 200 + b",pro\n", "INVALID_ID"),  # an id over 150 bytes
+        (b"id,\xe2\x80\xae\nA1,x\n", None),  # an attribute named by an RTL override
+    ],
+)
+def test_strange_cells_get_the_answers_identify_gives(bulk_stub, stub, make_workspace, world, data, refused_reason):
+    one_by_one, streamed = make_workspace(), make_workspace()
+    applied, refused = _reference(stub, one_by_one, data)
+    responses = stream(bulk_stub, streamed, data)
+    assert _refusals(responses) == refused
+    if refused_reason:
+        assert [reason for _, reason in refused.values()] == [refused_reason]
+    assert world(streamed) == world(one_by_one)
+
+
+def test_a_row_over_a_mebibyte_is_refused_and_the_stream_ends(bulk_stub, workspace):
+    data = b'id,note\na1,"' + b"x" * (1 << 20) + b'"\n'
+    with pytest.raises(grpc.RpcError) as caught:
+        stream(bulk_stub, workspace, data, chunk=1 << 16)
+    assert parse(caught.value).fields == ["chunk"]
+
+
+def test_a_message_over_the_limit_is_resource_exhausted(bulk_port, workspace):
+    big = pb.StreamImportPeopleRequest(chunk=b"x" * (5 << 20)).SerializeToString()
+    code, _ = _raw_stream(bulk_port, [_first(workspace), big])
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_an_idle_import_stream_ends_at_its_deadline_and_holds_nothing(bulk_stub, stub, workspace):
+    """A client that opens the stream and sends nothing more: DEADLINE_EXCEEDED at its deadline,
+    and meanwhile the server answers other calls."""
+    gate = threading.Event()
+
+    def requests() -> Iterator[pb.StreamImportPeopleRequest]:
+        yield pb.StreamImportPeopleRequest(workspace_id=workspace, import_id=str(uuid.uuid4()), chunk=b"id\n")
+        gate.wait(30)
+
+    call = bulk_stub.StreamImportPeople(requests(), timeout=2)
+    assert identify(stub, workspace, id="still-served").outcome == pb.IDENTIFY_OUTCOME_CREATED
+    with pytest.raises(grpc.RpcError) as caught:
+        list(call)
+    gate.set()
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
