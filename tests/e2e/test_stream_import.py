@@ -6,6 +6,7 @@ twice. The server here applies 3 rows per batch, so that rows interact across ba
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from typing import Any, Iterator
 
@@ -440,3 +441,28 @@ def test_an_idle_import_stream_ends_at_its_deadline_and_holds_nothing(bulk_stub,
         list(call)
     gate.set()
     assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_r81_an_import_cut_by_its_deadline_reported_its_progress_and_resumes(bulk_stub, make_workspace, world):
+    """Unlike the unary import, a deadline leaves the client knowing how far the import got."""
+    whole, cut = make_workspace(), make_workspace()
+    stream(bulk_stub, whole, RESUME_FILE)
+    import_id = str(uuid.uuid4())
+
+    def slow() -> Iterator[pb.StreamImportPeopleRequest]:
+        yield pb.StreamImportPeopleRequest(workspace_id=cut, import_id=import_id)
+        for start in range(0, len(RESUME_FILE), 32):
+            time.sleep(0.15)  # the whole file takes about 3 s: longer than the deadline
+            yield pb.StreamImportPeopleRequest(chunk=RESUME_FILE[start : start + 32])
+
+    answers = []
+    with pytest.raises(grpc.RpcError) as caught:
+        for response in bulk_stub.StreamImportPeople(slow(), timeout=1.5):
+            answers.append(response)
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert answers and not answers[-1].progress.done
+    reported = answers[-1].progress.rows_applied + answers[-1].progress.rows_refused
+
+    again = stream(bulk_stub, cut, RESUME_FILE, import_id=import_id)
+    assert again[-1].progress.rows_skipped >= reported
+    assert world(cut) == world(whole)
