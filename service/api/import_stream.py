@@ -69,6 +69,8 @@ async def stream_import(
     async def chunks() -> AsyncIterator[tuple[bytes, bool]]:
         yield first.chunk, False
         async for request in rest:
+            if request.import_id and request.import_id != first.import_id:
+                raise invalid("import_id", "must be empty or the first message's", "IMPORT_ID_CHANGED")
             yield request.chunk, False
         yield b"", True
 

@@ -237,6 +237,17 @@ def test_a_later_message_may_not_change_the_workspace(bulk_stub, workspace, make
     assert people_rows(workspace) == people_rows(other) == []
 
 
+def test_a_later_message_may_not_change_the_import_id(bulk_stub, workspace):
+    requests = [
+        pb.StreamImportPeopleRequest(workspace_id=workspace, import_id=str(uuid.uuid4()), chunk=b"id\n"),
+        pb.StreamImportPeopleRequest(import_id=str(uuid.uuid4()), chunk=b"a1\n"),
+    ]
+    with pytest.raises(grpc.RpcError) as caught:
+        list(bulk_stub.StreamImportPeople(iter(requests), timeout=30))
+    assert parse(caught.value).fields == ["import_id"]
+    assert not _exists(bulk_stub, workspace, "a1")
+
+
 def test_bad_utf8_ends_the_stream_after_the_rows_before_it(bulk_stub, workspace):
     rows = "".join(f"r{i}\n" for i in range(7)).encode()
     data = b"id\n" + rows + b"\xff\xfe\n" + b"late\n"
