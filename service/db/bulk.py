@@ -123,6 +123,22 @@ FROM unnest(%(rows)s::bigint[], %(statuses)s::bytea[]) AS r(row_number, status)"
 REFUSALS_SQL = """SELECT row_number, status FROM import_refusals
 WHERE workspace_id = %(workspace_id)s AND import_id = %(import_id)s AND row_number > %(after)s
 ORDER BY row_number LIMIT %(limit)s"""
+# Imports are kept a week after their last batch (long enough to resume), then purged by the
+# retention clean-up, refusals first, a bounded batch per transaction.
+PURGE_IMPORT_REFUSALS_SQL = """DELETE FROM import_refusals AS r USING (
+    SELECT r2.import_id, r2.row_number FROM import_refusals AS r2 JOIN imports AS i
+        ON i.workspace_id = r2.workspace_id AND i.import_id = r2.import_id
+    WHERE r2.workspace_id = %(workspace_id)s AND i.workspace_id = %(workspace_id)s AND i.updated_at < %(cutoff)s
+    LIMIT %(limit)s) AS old
+WHERE r.workspace_id = %(workspace_id)s AND r.import_id = old.import_id AND r.row_number = old.row_number
+RETURNING 1"""
+PURGE_IMPORTS_SQL = """DELETE FROM imports AS i USING (
+    SELECT import_id FROM imports AS i2 WHERE i2.workspace_id = %(workspace_id)s AND i2.updated_at < %(cutoff)s
+        AND NOT EXISTS (SELECT 1 FROM import_refusals AS r
+                        WHERE r.workspace_id = %(workspace_id)s AND r.import_id = i2.import_id)
+    LIMIT %(limit)s) AS old
+WHERE i.workspace_id = %(workspace_id)s AND i.import_id = old.import_id
+RETURNING 1"""
 
 
 @dataclass(frozen=True)

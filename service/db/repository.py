@@ -267,6 +267,20 @@ class Repository:
         if events:
             self.staged.append((sql.NOTIFY_SQL, {"workspace_id": workspace_id}))
 
+    async def purge_imports(self, workspace_id: str, cutoff: datetime, limit: int) -> int:
+        """Deletes at most `limit` rows of the imports last advanced before `cutoff`: their
+        refusals first; an import once it has none left."""
+        params = {"workspace_id": workspace_id, "cutoff": cutoff, "limit": limit}
+        cur = self.conn.cursor()
+        await self._send_timeouts(cur)
+        await cur.execute(bulk.PURGE_IMPORT_REFUSALS_SQL, params)
+        count = len(await cur.fetchall())
+        if count < limit:
+            await cur.execute(bulk.PURGE_IMPORTS_SQL, {**params, "limit": limit - count})
+            count += len(await cur.fetchall())
+        self.wrote = True
+        return count
+
     async def import_refusals(self, workspace_id: str, import_id: str, after: int, limit: int) -> list[tuple[int, bytes]]:
         rows = await self._fetch(
             bulk.REFUSALS_SQL, {"workspace_id": workspace_id, "import_id": import_id, "after": after, "limit": limit}

@@ -11,6 +11,7 @@ import uuid
 from typing import Any, Iterator
 
 import grpc
+import sqlalchemy as sa
 import pytest
 from google.rpc import error_details_pb2
 from hypothesis import HealthCheck, example, given, settings
@@ -477,3 +478,34 @@ def test_r81_an_import_cut_by_its_deadline_reported_its_progress_and_resumes(bul
     again = stream(bulk_stub, cut, RESUME_FILE, import_id=import_id)
     assert again[-1].progress.rows_skipped >= reported
     assert world(cut) == world(whole)
+
+
+def test_imports_are_purged_a_week_after_their_last_batch(bulk_stub, server, engine, make_workspace):
+    """The retention clean-up deletes an import not advanced for 7 days, with its refusals (a
+    batch per transaction), and leaves a recent one: that one can still be resumed."""
+    from service.usecases import IdentityService
+
+    workspace = make_workspace()
+    old, recent = str(uuid.uuid4()), str(uuid.uuid4())
+    stream(bulk_stub, workspace, RESUME_FILE, import_id=old)
+    stream(bulk_stub, workspace, RESUME_FILE, import_id=recent)
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE imports SET updated_at = now() - interval '8 days' "
+                             "WHERE workspace_id = :w AND import_id = :i"), {"w": workspace, "i": old})
+
+    def counts() -> dict[str, tuple[int, int]]:
+        with engine.connect() as conn:
+            return {
+                i: (
+                    conn.execute(sa.text("SELECT count(*) FROM imports WHERE workspace_id = :w AND import_id = :i"),
+                                 {"w": workspace, "i": i}).scalar_one(),
+                    conn.execute(sa.text("SELECT count(*) FROM import_refusals WHERE workspace_id = :w AND import_id = :i"),
+                                 {"w": workspace, "i": i}).scalar_one(),
+                )
+                for i in (old, recent)
+            }  # fmt: skip
+
+    before = counts()
+    assert before[old][0] == before[recent][0] == 1 and before[old][1] > 3 and before[recent][1] > 3
+    server.call(IdentityService(server.running.uow).purge_expired_events(batch=3))
+    assert counts() == {old: (0, 0), recent: before[recent]}
