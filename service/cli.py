@@ -10,7 +10,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import sys
+import uuid
 from typing import Any, Callable, Iterator
 
 import click
@@ -504,6 +506,121 @@ def export(client: Client, workspace: str, fmt: str) -> None:
             cells.append("" if value is None else value if isinstance(value, str) else json.dumps(value))
         writer.writerow(cells)
     click.echo(out.getvalue(), nl=False)
+
+
+IMPORT_CHUNK_BYTES = 1 << 20
+
+
+def _import_requests(workspace: str, import_id: str, path: str, sent: Callable[[int], None]) -> Iterator[Any]:
+    yield pb.StreamImportPeopleRequest(workspace_id=workspace, import_id=import_id)
+    with open(path, "rb") as file:
+        while chunk := file.read(IMPORT_CHUNK_BYTES):
+            sent(len(chunk))
+            yield pb.StreamImportPeopleRequest(chunk=chunk)
+
+
+def _write_refused(path: str, refused: dict[int, pb.ImportRowResult]) -> str:
+    """The refused rows, beside the file: their number, code, reason and message, then the
+    row's own cells (read again from the file, numbered as the server numbers them)."""
+    out_path = f"{os.path.splitext(path)[0]}.refused.csv"
+    with open(path, newline="", encoding="utf-8-sig") as source, open(out_path, "w", newline="") as out:
+        reader, writer = csv.reader(source), csv.writer(out, lineterminator="\n")
+        header = next(reader, [])
+        writer.writerow(["row", "code", "reason", "message", *header])
+        number = 0
+        for cells in reader:
+            if not cells or cells == [""]:
+                continue
+            number += 1
+            result = refused.get(number)
+            if result is not None:
+                reason = next((r for r in _reasons(result.error)), "")
+                code = next((c.name for c in grpc.StatusCode if c.value[0] == result.error.code), str(result.error.code))
+                writer.writerow([number, code, reason, result.error.message, *cells])
+    return out_path
+
+
+def _reasons(status: Any) -> Iterator[str]:
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            yield info.reason
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            yield from (v.reason for v in bad.field_violations)
+
+
+@cli.command("import", epilog=EXIT_CODES_HELP)
+@click.argument("path", metavar="FILE.csv", type=click.Path(exists=True, dir_okay=False))
+@click.option("--workspace", "-w", required=True, envvar="IDENTITY_WORKSPACE", show_envvar=True,
+              help="the workspace")
+@click.option("--resume", is_flag=True,
+              help="continue the last import of this file (its id is in FILE.csv.import-id): rows applied are skipped")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="show a progress bar on stderr")
+@client_options
+def import_(client: Client, path: str, workspace: str, resume: bool, progress: bool) -> None:
+    """Import a CSV file of any size (StreamImportPeople): a header row, then one person per row
+    (cio_id, id, email, other columns as attributes).
+
+    Rows are applied as identifying them one by one would (R80), a batch at a time. An import
+    stopped anywhere (Ctrl-C, a network failure, the server restarted) has applied a prefix of
+    the file: run it again with --resume to apply the rest, none twice (R81). Its id is kept in
+    FILE.csv.import-id. Refused rows are written to FILE.refused.csv, with their reason.
+    --timeout does not apply: the import runs until the file ends.
+    """
+    from tqdm import tqdm
+
+    id_path = f"{path}.import-id"
+    if resume:
+        try:
+            import_id = open(id_path).read().strip()
+        except FileNotFoundError:
+            raise click.UsageError(f"--resume: no earlier import of this file ({id_path} is missing)") from None
+    else:
+        import_id = str(uuid.uuid4())
+        with open(id_path, "w") as out:
+            out.write(import_id + "\n")
+    size = os.path.getsize(path)
+    bar = tqdm(total=size, unit="B", unit_scale=True, unit_divisor=1024, disable=not progress, file=sys.stderr,
+               desc=os.path.basename(path), dynamic_ncols=True)
+    refused: dict[int, pb.ImportRowResult] = {}
+    last = pb.ImportProgress()
+    responses = client.stream(client.identity.StreamImportPeople, _import_requests(workspace, import_id, path, bar.update))
+    try:
+        for response in responses:
+            for row in response.refused_rows:
+                refused[row.row] = row
+            last = response.progress
+            bar.set_postfix(applied=last.rows_applied, refused=last.rows_refused, rows_s=int(last.rows_per_second),
+                            refresh=False)
+    except KeyboardInterrupt:
+        responses.cancel()
+        bar.close()
+        click.echo(f"interrupted: continue with --resume (import {import_id})", err=True)
+        sys.exit(130)
+    except grpc.RpcError as error:
+        bar.close()
+        click.echo(f"stopped after {last.rows_applied + last.rows_refused} rows; continue with --resume "
+                   f"(import {import_id})", err=True)
+        fail(error)
+    bar.close()
+    refused_path = _write_refused(path, refused) if refused else None
+    summary = {
+        "import_id": import_id, "rows_read": last.rows_read, "rows_applied": last.rows_applied,
+        "rows_refused": last.rows_refused, "rows_skipped": last.rows_skipped,
+        "rows_per_second": last.rows_per_second, "refused_file": refused_path,
+    }  # fmt: skip
+    if client.as_json:
+        emit_json(summary)
+        return
+    line = f"imported {path}: {last.rows_applied} applied, {last.rows_refused} refused"
+    if last.rows_skipped:
+        line += f", {last.rows_skipped} skipped (applied before)"
+    click.echo(line + f"; {last.rows_per_second:.0f} rows/s")
+    if refused_path:
+        click.echo(f"refused rows: {refused_path}")
 
 
 @cli.command("watch", epilog=EXIT_CODES_HELP)

@@ -68,8 +68,16 @@ class Edge:
                     continue  # not served yet: gRPC answers UNIMPLEMENTED
                 request_type = found.GetSymbol(method.input_type.full_name)
                 response_type = found.GetSymbol(method.output_type.full_name)
-                behavior = self._behavior(method.name, request_type, getattr(self.api, method.name), method.server_streaming)
-                make = grpc.unary_stream_rpc_method_handler if method.server_streaming else grpc.unary_unary_rpc_method_handler
+                impl = getattr(self.api, method.name)
+                behavior = self._behavior(
+                    method.name, request_type, impl, method.server_streaming, method.client_streaming
+                )
+                if method.client_streaming:
+                    make = grpc.stream_stream_rpc_method_handler
+                elif method.server_streaming:
+                    make = grpc.unary_stream_rpc_method_handler
+                else:
+                    make = grpc.unary_unary_rpc_method_handler
                 methods[method.name] = make(
                     behavior,
                     request_deserializer=None,  # raw bytes: decoded after the key check
@@ -79,33 +87,59 @@ class Edge:
         return generic
 
     def _behavior(
-        self, method: str, request_type: Any, impl: Callable[[Any], Any], streaming: bool
-    ) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[Any]]:
+        self, method: str, request_type: Any, impl: Callable[..., Any], streaming: bool, client_streaming: bool = False
+    ) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
         """A unary call returns impl's response; a server-streaming one (impl an async
         generator) writes each of its responses. Streams do not count against the limit of
-        calls in flight: they hold no thread and, between events, no database connection."""
+        calls in flight: they hold no thread and, between events, no database connection.
+        A client stream's first message is checked as a unary request is (it names the
+        workspace); impl gets it and an iterator of the next ones, each decoded in turn and
+        held to the first one's workspace."""
         # Labelled metric children bound once: a labels() lookup takes a lock on every call.
         latency = metrics.LATENCY.labels(method)
         calls: dict[grpc.StatusCode, Any] = {}
 
-        async def behavior(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+        def decode(raw: bytes) -> Any:
+            try:
+                return request_type.FromString(raw)
+            except (protobuf_message.DecodeError, RecursionError, ValueError):
+                raise _undecodable(method) from None
+
+        async def following(requests: Any, workspace: str) -> Any:
+            async for raw in requests:
+                request = decode(raw)
+                if request.workspace_id and request.workspace_id != workspace:
+                    raise InvalidArgument(
+                        [FieldViolation("workspace_id", "must be empty or the first message's", "WORKSPACE_CHANGED")]
+                    )
+                yield request
+
+        async def behavior(raw: Any, context: grpc.aio.ServicerContext) -> Any:
             start = time.perf_counter()
             workspace = request_id = ""
             code = grpc.StatusCode.OK
             token = deadlines.set_remaining(context.time_remaining())
             try:
                 allowed = self.api_keys.authenticate(context.invocation_metadata()) if self.api_keys.enabled else None
-                try:
-                    request = request_type.FromString(raw)
-                except (protobuf_message.DecodeError, RecursionError, ValueError):
-                    raise _undecodable(method) from None
+                requests = None
+                if client_streaming:
+                    requests = raw.__aiter__()
+                    try:
+                        raw = await requests.__anext__()
+                    except StopAsyncIteration:
+                        raise InvalidArgument(
+                            [FieldViolation("workspace_id", "is required: the stream ended before its first message",
+                                            "WORKSPACE_ID_REQUIRED")]
+                        ) from None
+                request = decode(raw)
                 workspace = request.workspace_id
                 request_id = getattr(request, "request_id", "")
                 self.api_keys.authorize(allowed, workspace)
                 if streaming:
                     metrics.OPEN_STREAMS.labels(method).inc()
                     try:
-                        async for response in impl(request):
+                        responses = impl(request, following(requests, workspace)) if client_streaming else impl(request)
+                        async for response in responses:
                             await context.write(response)
                     finally:
                         metrics.OPEN_STREAMS.labels(method).dec()

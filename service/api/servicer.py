@@ -10,13 +10,14 @@ from dataclasses import replace
 from typing import Any, AsyncIterator, Callable
 
 from identity.v1 import identity_pb2 as pb
-from service.api import convert, csv_import
+from service.api import convert, csv_import, import_stream
 from service.api.status import to_status_proto
 from service.db.notifier import Notifier
 from service.domain import Call, Changed, IdentifyResult, Merged, Replayed
 from service.errors import DomainError, InvalidArgument
 from service.rules.validation import check_workspace_id
 from service.usecases import IdentityService
+from service.usecases.imports import BATCH_ROWS
 
 MAX_IMPORT_ERRORS = 1000
 EXPORT_MESSAGE_BYTES = 1 << 20
@@ -79,9 +80,10 @@ def _convert(workspace_id: str, **parts: Callable[[], Any]) -> dict[str, Any]:
 class IdentityApi:
     """identity.v1.IdentityService and identity.v1.WorkspaceService."""
 
-    def __init__(self, service: IdentityService, notifier: Notifier | None = None):
+    def __init__(self, service: IdentityService, notifier: Notifier | None = None, import_batch_rows: int = BATCH_ROWS):
         self.service = service
         self.notifier = notifier
+        self.import_batch_rows = import_batch_rows
         self._events: OrderedDict[tuple[str, int], bytes] = OrderedDict()
 
     # --- IdentityService ---
@@ -217,6 +219,12 @@ class IdentityApi:
                 row.cio_id = result.person.cio_id
                 response.applied_count += 1
         return response
+
+    def StreamImportPeople(
+        self, first: pb.StreamImportPeopleRequest, rest: AsyncIterator[pb.StreamImportPeopleRequest]
+    ) -> AsyncIterator[pb.StreamImportPeopleResponse]:
+        """Client and server streaming (R80, R81): see service.api.import_stream."""
+        return import_stream.stream_import(self.service.uow, first, rest, self.import_batch_rows)
 
     # --- WorkspaceService ---
 

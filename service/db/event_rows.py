@@ -46,11 +46,20 @@ def _person_from(body: dict[str, Any]) -> Person:
     )
 
 
+def _attribute_change(change: AttributeChange) -> dict[str, Any]:
+    entry: dict[str, Any] = {"name": change.name}
+    if change.old is not ABSENT:
+        entry["old"] = change.old
+    if change.new is not ABSENT:
+        entry["new"] = change.new
+    return entry
+
+
 def event_body(event: Event) -> dict[str, Any]:
     body: dict[str, Any] = {
         "before": _identifiers(event.before),
         "after": _identifiers(event.after),
-        "changes": [{"name": c.name, **_maybe("old", c.old), **_maybe("new", c.new)} for c in event.changes],
+        "changes": [_attribute_change(c) for c in event.changes],
     }
     if event.merged is not None:
         body["merged"] = _person(event.merged)

@@ -16,9 +16,11 @@ from psycopg.types.json import Jsonb
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.postgresql import psycopg as psycopg_dialect
 
+from service.db import bulk
 from service.db import statements as sql
 from service.db.event_rows import event_params, recorded
 from service.db.keys import Keys, keys_for
+from service.db.overlay import NetWrites
 from service.db.schema import people, workspaces
 from service.db.statements import (
     DELETE_PEOPLE_SQL,
@@ -230,6 +232,60 @@ class Repository:
             await cur.execute(sql.EXPORT_SQL, {"workspace_id": workspace_id})
             while rows := await cur.fetchmany(batch):
                 yield [Person(*row) for row in rows]
+
+    # --- imports (R80, R81) ---
+
+    async def start_import(self, workspace_id: str, import_id: str, fingerprint: bytes) -> bulk.ImportState:
+        """The import's state, recorded as new (nothing done) if it was not known."""
+        params = {"workspace_id": workspace_id, "import_id": import_id, "fingerprint": fingerprint}
+        cur = self.conn.cursor()
+        await self._send_timeouts(cur)
+        await cur.execute(bulk.START_IMPORT_SQL, params)
+        await cur.execute(bulk.IMPORT_SQL, params)
+        self.wrote = True
+        return bulk.import_state(await cur.fetchone())
+
+    async def lock_import(self, workspace_id: str, import_id: str) -> bulk.ImportState | None:
+        rows = await self._fetch(bulk.LOCK_IMPORT_SQL, {"workspace_id": workspace_id, "import_id": import_id})
+        return bulk.import_state(rows[0]) if rows else None
+
+    def stage_batch(
+        self, workspace_id: str, writes: NetWrites, events: list[Event], call: Call, *, import_id: str,
+        rows_done: int, applied: int, refusals: list[tuple[int, bytes]], finished: bool,
+    ) -> None:  # fmt: skip
+        """An import batch's writes, events and progress, sent with the COMMIT (R80, R81)."""
+        self.staged.extend(bulk.people_statements(workspace_id, writes))
+        key = {"workspace_id": workspace_id, "import_id": import_id}
+        if refusals:
+            rows, statuses = [r for r, _ in refusals], [s for _, s in refusals]
+            self.staged.append((bulk.STORE_REFUSALS_SQL, {**key, "rows": rows, "statuses": statuses}))
+        progress = {"rows_done": rows_done, "applied": applied, "refused": len(refusals), "finished": finished}
+        self.staged.append((bulk.ADVANCE_IMPORT_SQL, {**key, **progress}))
+        self.staged.extend(bulk.event_statements(workspace_id, events, call))
+        for event in events:
+            self.appended.append(event.kind.value)
+        if events:
+            self.staged.append((sql.NOTIFY_SQL, {"workspace_id": workspace_id}))
+
+    async def purge_imports(self, workspace_id: str, cutoff: datetime, limit: int) -> int:
+        """Deletes at most `limit` rows of the imports last advanced before `cutoff`: their
+        refusals first; an import once it has none left."""
+        params = {"workspace_id": workspace_id, "cutoff": cutoff, "limit": limit}
+        cur = self.conn.cursor()
+        await self._send_timeouts(cur)
+        await cur.execute(bulk.PURGE_IMPORT_REFUSALS_SQL, params)
+        count = len(await cur.fetchall())
+        if count < limit:
+            await cur.execute(bulk.PURGE_IMPORTS_SQL, {**params, "limit": limit - count})
+            count += len(await cur.fetchall())
+        self.wrote = True
+        return count
+
+    async def import_refusals(self, workspace_id: str, import_id: str, after: int, limit: int) -> list[tuple[int, bytes]]:
+        rows = await self._fetch(
+            bulk.REFUSALS_SQL, {"workspace_id": workspace_id, "import_id": import_id, "after": after, "limit": limit}
+        )
+        return [(row[0], bytes(row[1])) for row in rows]
 
     # --- stored responses (R70) ---
 

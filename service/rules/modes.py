@@ -41,7 +41,10 @@ def sole_identifier(mode: Mode) -> Field | None:
 
 def reserved_attribute_names(mode: Mode) -> frozenset[str]:
     """R6: id, email and cio_id are reserved attribute names where they are identifiers."""
-    return frozenset(f.value for f in _IDENTIFIERS[mode])
+    return _RESERVED[mode]
+
+
+_RESERVED = {mode: frozenset(f.value for f in fields) for mode, fields in _IDENTIFIERS.items()}
 
 
 def presented(mode: Mode, person: Person) -> Person:

@@ -36,6 +36,7 @@ from service.api.status import cut
 from service.db.notifier import Notifier
 from service.domain import Call
 from service.usecases import IdentityService
+from service.usecases.imports import BATCH_ROWS
 
 log = logging.getLogger("identity.server")
 
@@ -92,15 +93,33 @@ class RunningServer:
         await self.set_serving(available)
 
     async def stop(self, grace: float) -> None:
-        """Health goes NOT_SERVING at once; calls in flight get `grace` seconds to finish."""
-        await self.health.enter_graceful_shutdown()
+        """Health goes NOT_SERVING at once; calls in flight get `grace` seconds to finish. Each
+        step is bounded: a step that hangs is logged (with what is still running) and the
+        stop goes on, so that a process always exits."""
+        await _bounded("health", self.health.enter_graceful_shutdown(), STEP_TIMEOUT)
         if self.janitor is not None:
             self.janitor.cancel()
         if self.notifier is not None:
-            await self.notifier.close()  # change-feed streams end now (UNAVAILABLE): they resume elsewhere
-        await self.server.stop(grace)
-        await self.monitor.stop()
-        await self.uow.pool.close(timeout=1)
+            # Change-feed streams end now (UNAVAILABLE): they resume elsewhere.
+            await _bounded("change notifications", self.notifier.close(), STEP_TIMEOUT)
+        await _bounded("gRPC server", self.server.stop(grace), grace + STEP_TIMEOUT)
+        await _bounded("database monitor", self.monitor.stop(), STEP_TIMEOUT)
+        await _bounded("connection pool", self.uow.pool.close(timeout=1), STEP_TIMEOUT)
+
+
+STEP_TIMEOUT = 5.0  # seconds for one step of a stop, beyond its grace
+
+
+async def _bounded(step: str, awaitable: Awaitable[Any], seconds: float) -> None:
+    try:
+        await asyncio.wait_for(awaitable, seconds)
+    except asyncio.TimeoutError:
+        running = [
+            f"{task.get_name()}: {task.get_coro()!r}"
+            for task in asyncio.all_tasks()
+            if task is not asyncio.current_task()
+        ]
+        log.error("stopping the %s took over %.0f s; going on. Still running: %s", step, seconds, running)
 
 
 async def create_server(
@@ -114,6 +133,7 @@ async def create_server(
     api_keys: ApiKeys | None = None,
     tls: ServerTls | None = None,
     insecure: bool = False,
+    import_batch_rows: int = BATCH_ROWS,
 ) -> RunningServer:
     """Builds and starts a server on `address` ("host:port"; port 0 picks a free one), in the
     running event loop. Past `max_concurrent_calls` identity calls in flight, new ones get
@@ -132,7 +152,7 @@ async def create_server(
     uow = UnitOfWork(pool, available=lambda: monitor.available)
     service = IdentityService(uow, _pause_after_commit(os.environ.get(PAUSE_AFTER_COMMIT_ENV, "")))
     notifier = Notifier(libpq_url(database_url), service.events_after)
-    edge = Edge(IdentityApi(service, notifier), api_keys, max_concurrent_calls)
+    edge = Edge(IdentityApi(service, notifier, import_batch_rows), api_keys, max_concurrent_calls)
     server.add_generic_rpc_handlers(edge.handlers())
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable([*SERVICE_NAMES, health.SERVICE_NAME], server)

@@ -69,6 +69,7 @@ def _now() -> datetime:
 Decide = Callable[[Settings, list[Person]], Decision]
 T = TypeVar("T")
 Present = Callable[[Settings, Decision, Explanation], T]
+IMPORT_RETENTION = timedelta(days=7)  # an import can be resumed for a week after its last batch
 RESPONSE_RETENTION = timedelta(hours=24)  # R70: a repeat within this returns the stored response
 
 
@@ -527,8 +528,9 @@ class IdentityService:
         )
 
     async def purge_expired_events(self, batch: int = PURGE_BATCH) -> int:
-        """Retention: deletes each workspace's events older than its setting (R52) and its
-        stored responses older than 24 hours (R70), in bounded batches (one transaction each),
+        """Retention: deletes each workspace's events older than its setting (R52), its
+        stored responses older than 24 hours (R70) and its imports not advanced for a week
+        (R81: long enough to resume), in bounded batches (one transaction each),
         and returns how many rows went."""
         workspaces = await self.uow.run("PurgeEvents", lambda repo: repo.retention_settings(), read_only=True)
         purged = 0
@@ -536,6 +538,7 @@ class IdentityService:
             for purge, cutoff in (
                 (Repository.purge_events, _now() - timedelta(days=days)),
                 (Repository.purge_responses, _now() - RESPONSE_RETENTION),
+                (Repository.purge_imports, _now() - IMPORT_RETENTION),
             ):
                 while True:
                     count = await self.uow.run(

@@ -3,6 +3,7 @@ calling helpers, and the google.rpc details of a refusal (R42) parsed from the r
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -148,3 +149,36 @@ def plain(person: pb.Person) -> dict[str, Any]:
 
 def settings_of(stub: Any, workspace_id: str) -> pb.WorkspaceSettings:
     return stub.GetSettings(pb.GetSettingsRequest(workspace_id=workspace_id)).settings
+
+
+def workspace_world(engine: Any, workspace: str) -> tuple[list, list]:
+    """The people and the change log of a workspace, up to the random cio_ids (each named by
+    the order of its first event) and the times: two workspaces that went through the same
+    decisions compare equal."""
+    import sqlalchemy as sa
+
+    with engine.connect() as conn:
+        people = conn.execute(
+            sa.text("SELECT cio_id, id, email, attributes FROM people WHERE workspace_id = :w"), {"w": workspace}
+        ).all()
+        events = conn.execute(
+            sa.text("SELECT cio_id, kind, body FROM person_events WHERE workspace_id = :w ORDER BY sequence"),
+            {"w": workspace},
+        ).all()
+    names: dict[str, str] = {}
+
+    def name(cio_id: str) -> str:
+        return names.setdefault(cio_id, f"p{len(names)}")
+
+    for cio_id, _, _ in events:
+        name(cio_id)
+    logged = []
+    for cio_id, kind, body in events:
+        body = dict(body)
+        if "merged" in body:
+            merged = {k: v for k, v in body["merged"].items() if k not in ("created_at", "updated_at")}
+            merged["cio_id"] = name(merged["cio_id"])
+            body["merged"] = merged
+        logged.append((name(cio_id), kind, json.dumps(body, sort_keys=True)))
+    stored = sorted((name(c), i, e, json.dumps(a, sort_keys=True)) for c, i, e, a in people)
+    return stored, logged

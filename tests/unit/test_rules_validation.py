@@ -9,7 +9,8 @@ import unicodedata
 from datetime import datetime, timezone
 
 import pytest
-from hypothesis import example, given
+from email_validator import validate_email
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from service.domain import Field, IdentifyInput, Mode, Person, Ref, Settings
@@ -603,3 +604,47 @@ def test_r3_r4_r6_limits_match_the_spec():
     assert (validation.ID_MAX_BYTES, validation.EMAIL_MAX_CHARS) == (150, 254)
     assert (validation.MAX_ATTRIBUTES, validation.ATTRIBUTE_NAME_MAX_BYTES) == (300, 150)
     assert validation.ATTRIBUTE_VALUE_MAX_BYTES == 1000
+
+
+# --- R4's fast path, pinned to email_validator ---
+
+
+_LOCAL_CHARS = "abcXYZ019_%+-"
+_LABEL_CHARS = "abnxzQ09-"
+_plain_addresses = st.builds(
+    lambda local, labels, tld: f"{'.'.join(local)}@{'.'.join(labels)}.{tld}",
+    st.lists(st.text(_LOCAL_CHARS, min_size=1, max_size=30), min_size=1, max_size=4),
+    st.lists(st.text(_LABEL_CHARS, min_size=1, max_size=64), min_size=1, max_size=3),
+    st.text("abcXYZ0-", min_size=1, max_size=12) | st.sampled_from(sorted(validation._SPECIAL_USE_TLDS)),
+)
+
+
+@settings(max_examples=3000, deadline=None)
+@example("u1@example.com").via("the common case")
+@example("a@b.local").via("a special-use name")
+@given(_plain_addresses)
+def test_every_address_the_fast_path_accepts_email_validator_accepts(address):
+    """check_email accepts a plain address without email_validator: only if it would accept it."""
+    plain = validation._PLAIN_EMAIL.fullmatch(address)
+    if plain is None or len(address) > validation.EMAIL_MAX_CHARS:
+        return  # not the fast path's
+    if plain.group(1).lower() in validation._SPECIAL_USE_TLDS:
+        assert check_email(address) != []
+        return
+    assert check_email(address) == []
+    validate_email(address, check_deliverability=False)  # raises if the fast path was wrong
+
+
+@pytest.mark.parametrize("address", ["u1@example.com", "a_b+c%d@x.y.z.com", "A@B.COM", "x-1@a-b.c-d.io"])
+def test_plain_addresses_take_the_fast_path(address):
+    assert validation._PLAIN_EMAIL.fullmatch(address)
+    assert check_email(address) == []
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["a@xn--abc.com", "a@ab--cd.com", "a@b.local", "a@b.test", "a@-b.com", "a@b-.com", ".a@b.com", "a..b@c.com",
+     "a@b.123", "a@b"],
+)  # fmt: skip
+def test_addresses_near_the_fast_path_are_still_refused(address):
+    assert check_email(address) != []

@@ -460,3 +460,37 @@ class ExportPeopleResponse(_message.Message):
     PEOPLE_FIELD_NUMBER: _ClassVar[int]
     people: _containers.RepeatedCompositeFieldContainer[Person]
     def __init__(self, people: _Optional[_Iterable[_Union[Person, _Mapping]]] = ...) -> None: ...
+
+class StreamImportPeopleRequest(_message.Message):
+    __slots__ = ("workspace_id", "import_id", "chunk")
+    WORKSPACE_ID_FIELD_NUMBER: _ClassVar[int]
+    IMPORT_ID_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    workspace_id: str
+    import_id: str
+    chunk: bytes
+    def __init__(self, workspace_id: _Optional[str] = ..., import_id: _Optional[str] = ..., chunk: _Optional[bytes] = ...) -> None: ...
+
+class StreamImportPeopleResponse(_message.Message):
+    __slots__ = ("progress", "refused_rows")
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_ROWS_FIELD_NUMBER: _ClassVar[int]
+    progress: ImportProgress
+    refused_rows: _containers.RepeatedCompositeFieldContainer[ImportRowResult]
+    def __init__(self, progress: _Optional[_Union[ImportProgress, _Mapping]] = ..., refused_rows: _Optional[_Iterable[_Union[ImportRowResult, _Mapping]]] = ...) -> None: ...
+
+class ImportProgress(_message.Message):
+    __slots__ = ("rows_read", "rows_applied", "rows_refused", "rows_skipped", "rows_per_second", "done")
+    ROWS_READ_FIELD_NUMBER: _ClassVar[int]
+    ROWS_APPLIED_FIELD_NUMBER: _ClassVar[int]
+    ROWS_REFUSED_FIELD_NUMBER: _ClassVar[int]
+    ROWS_SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    ROWS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    rows_read: int
+    rows_applied: int
+    rows_refused: int
+    rows_skipped: int
+    rows_per_second: float
+    done: bool
+    def __init__(self, rows_read: _Optional[int] = ..., rows_applied: _Optional[int] = ..., rows_refused: _Optional[int] = ..., rows_skipped: _Optional[int] = ..., rows_per_second: _Optional[float] = ..., done: _Optional[bool] = ...) -> None: ...

@@ -95,6 +95,11 @@ class IdentityServiceStub:
                 request_serializer=identity_dot_v1_dot_identity__pb2.ExportPeopleRequest.SerializeToString,
                 response_deserializer=identity_dot_v1_dot_identity__pb2.ExportPeopleResponse.FromString,
                 _registered_method=True)
+        self.StreamImportPeople = channel.stream_stream(
+                '/identity.v1.IdentityService/StreamImportPeople',
+                request_serializer=identity_dot_v1_dot_identity__pb2.StreamImportPeopleRequest.SerializeToString,
+                response_deserializer=identity_dot_v1_dot_identity__pb2.StreamImportPeopleResponse.FromString,
+                _registered_method=True)
 
 
 class IdentityServiceServicer:
@@ -199,6 +204,19 @@ class IdentityServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StreamImportPeople(self, request_iterator, context):
+        """Imports a CSV file of any size, streamed in chunks (R80, R81). Its rows end exactly as
+        identifying them one by one in file order would (R25 included), applied a batch at a time,
+        each batch one transaction that also records how far the import got. The server answers
+        with progress after each batch, and the result of every refused row. An import interrupted
+        anywhere (the client gone, its deadline, the server stopped) has applied a prefix of its
+        rows: streaming the same file again under the same import_id skips the rows applied, first
+        repeats the results of the rows refused so far, and applies the rest, none twice.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IdentityServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -261,6 +279,11 @@ def add_IdentityServiceServicer_to_server(servicer, server):
                     servicer.ExportPeople,
                     request_deserializer=identity_dot_v1_dot_identity__pb2.ExportPeopleRequest.FromString,
                     response_serializer=identity_dot_v1_dot_identity__pb2.ExportPeopleResponse.SerializeToString,
+            ),
+            'StreamImportPeople': grpc.stream_stream_rpc_method_handler(
+                    servicer.StreamImportPeople,
+                    request_deserializer=identity_dot_v1_dot_identity__pb2.StreamImportPeopleRequest.FromString,
+                    response_serializer=identity_dot_v1_dot_identity__pb2.StreamImportPeopleResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -588,6 +611,33 @@ class IdentityService:
             '/identity.v1.IdentityService/ExportPeople',
             identity_dot_v1_dot_identity__pb2.ExportPeopleRequest.SerializeToString,
             identity_dot_v1_dot_identity__pb2.ExportPeopleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamImportPeople(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/identity.v1.IdentityService/StreamImportPeople',
+            identity_dot_v1_dot_identity__pb2.StreamImportPeopleRequest.SerializeToString,
+            identity_dot_v1_dot_identity__pb2.StreamImportPeopleResponse.FromString,
             options,
             channel_credentials,
             insecure,
