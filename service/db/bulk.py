@@ -114,8 +114,10 @@ WHERE workspace_id = %(workspace_id)s AND import_id = %(import_id)s"""
 # Taken first in each batch's transaction: two streams of one import queue here, and the second
 # finds that the first moved on.
 LOCK_IMPORT_SQL = IMPORT_SQL + " FOR UPDATE"
+# statement_timestamp(), not clock_timestamp(): Citus refuses a VOLATILE function in an UPDATE of
+# a distributed table (every streamed import failed INTERNAL there), a STABLE one it evaluates.
 ADVANCE_IMPORT_SQL = """UPDATE imports SET rows_done = %(rows_done)s, applied = applied + %(applied)s,
-    refused = refused + %(refused)s, finished = %(finished)s, updated_at = clock_timestamp()
+    refused = refused + %(refused)s, finished = %(finished)s, updated_at = statement_timestamp()
 WHERE workspace_id = %(workspace_id)s AND import_id = %(import_id)s"""
 STORE_REFUSALS_SQL = """INSERT INTO import_refusals (workspace_id, import_id, row_number, status)
 SELECT %(workspace_id)s, %(import_id)s, r.row_number, r.status
