@@ -35,11 +35,16 @@ UPDATE_SQL = f"""UPDATE people AS p SET
     attributes = u.attributes, updated_at = u.updated_at
 FROM {_PERSON_ROWS}
 WHERE p.workspace_id = %(workspace_id)s AND p.cio_id = u.cio_id"""
+# The rows are joined to their workspace's row (which the batch holds FOR SHARE): an INSERT ...
+# SELECT that reads a colocated table by the workspace is sent whole to the workspace's worker on
+# Citus, where one reading only a function would be run through the coordinator (its rows copied
+# to the shard, and a unique violation reported as an internal error, not retried as a race).
 INSERT_SQL = f"""INSERT INTO people
     (workspace_id, cio_id, id, email, email_norm, id_key, email_key, attributes, created_at, updated_at)
-SELECT %(workspace_id)s, u.cio_id, u.id, u.email, u.email_norm, u.id_key, u.email_key, u.attributes,
+SELECT w.workspace_id, u.cio_id, u.id, u.email, u.email_norm, u.id_key, u.email_key, u.attributes,
     u.created_at, u.updated_at
-FROM {_PERSON_ROWS}"""
+FROM workspaces AS w, {_PERSON_ROWS}
+WHERE w.workspace_id = %(workspace_id)s"""
 
 # R51 for many events at once: the counter advanced by their number (its row lock held to the
 # COMMIT, as for one event), then the events numbered after its previous value, in order.
@@ -119,9 +124,11 @@ LOCK_IMPORT_SQL = IMPORT_SQL + " FOR UPDATE"
 ADVANCE_IMPORT_SQL = """UPDATE imports SET rows_done = %(rows_done)s, applied = applied + %(applied)s,
     refused = refused + %(refused)s, finished = %(finished)s, updated_at = statement_timestamp()
 WHERE workspace_id = %(workspace_id)s AND import_id = %(import_id)s"""
+# Joined to the import's row (locked by the batch), for the same reason as INSERT_SQL.
 STORE_REFUSALS_SQL = """INSERT INTO import_refusals (workspace_id, import_id, row_number, status)
-SELECT %(workspace_id)s, %(import_id)s, r.row_number, r.status
-FROM unnest(%(rows)s::bigint[], %(statuses)s::bytea[]) AS r(row_number, status)"""
+SELECT i.workspace_id, i.import_id, r.row_number, r.status
+FROM imports AS i, unnest(%(rows)s::bigint[], %(statuses)s::bytea[]) AS r(row_number, status)
+WHERE i.workspace_id = %(workspace_id)s AND i.import_id = %(import_id)s"""
 REFUSALS_SQL = """SELECT row_number, status FROM import_refusals
 WHERE workspace_id = %(workspace_id)s AND import_id = %(import_id)s AND row_number > %(after)s
 ORDER BY row_number LIMIT %(limit)s"""
