@@ -272,6 +272,7 @@ def cli() -> None:
     Server:  serve, migrate (the server's own flags, see `serve --help`)
     Client:  workspace create|show|update, person get|identify|delete,
              export, watch (--address, --api-key, --json on each)
+    Keys:    keys create|list|revoke (in the database: DATABASE_URL)
     """
 
 
@@ -530,6 +531,11 @@ def watch(client: Client, workspace: str, after: int, until_caught_up: bool) -> 
     except KeyboardInterrupt:
         responses.cancel()
         sys.exit(130)
+
+
+from service.cli_keys import keys  # noqa: E402 - the `keys` group, in a module of its own
+
+cli.add_command(keys)
 
 
 def main(argv: list[str] | None = None) -> Any:

@@ -8,7 +8,7 @@ import contextlib
 import logging
 import re
 from datetime import datetime, timezone
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import psycopg
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -81,8 +81,13 @@ def _check_create(request: pb.CreateApiKeyRequest, now: datetime) -> tuple[list[
 class ApiKeyApi:
     """The RPCs of ApiKeyService, on the process's pool (rare admin calls: one connection each)."""
 
-    def __init__(self, uow: Any = None):
+    def __init__(self, uow: Any = None, on_change: Callable[[], Awaitable[None]] | None = None):
         self.uow = uow  # its pool (replaced after a database outage) serves these calls too
+        self.on_change = on_change  # reloads this process's copy of the keys
+
+    async def _changed(self) -> None:
+        if self.on_change is not None:
+            await self.on_change()
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection]:
@@ -107,6 +112,7 @@ class ApiKeyApi:
             )
         if missing:
             require_workspace(None, missing[0])  # NOT_FOUND WORKSPACE_NOT_FOUND (R8)
+        await self._changed()
         log.info("created API key %s (%s)", stored.key_id, "admin" if stored.admin else f"{len(workspaces)} workspaces")
         return pb.CreateApiKeyResponse(api_key=key_to_pb(stored), secret=new.secret)
 
@@ -139,5 +145,6 @@ class ApiKeyApi:
             revoked = await store.revoke(conn, request.key_id, datetime.now(timezone.utc))
         if revoked is None:
             raise NotFound("API_KEY_NOT_FOUND", "no API key has this key_id", {"key_id": request.key_id})
+        await self._changed()
         log.info("revoked API key %s", revoked.key_id)
         return pb.RevokeApiKeyResponse(api_key=key_to_pb(revoked))

@@ -56,7 +56,7 @@ class LoadedKey:
 
 
 def _sql(statement: sa.Executable) -> tuple[str, dict[str, Any]]:
-    compiled = statement.compile(dialect=_DIALECT)
+    compiled = statement.compile(dialect=_DIALECT, compile_kwargs={"render_postcompile": True})
     return str(compiled), dict(compiled.params)
 
 
@@ -147,7 +147,7 @@ async def page(
     """Keys in key_id order after `after`, at most `limit`."""
     query = sa.select(*_COLUMNS).where(api_keys.c.key_id > after).order_by(api_keys.c.key_id).limit(limit)
     if workspace_id:
-        query = query.where(api_keys.c.workspace_ids.any(workspace_id))
+        query = query.where(sa.literal(workspace_id) == sa.any_(api_keys.c.workspace_ids))
     if not show_revoked:
         query = query.where(api_keys.c.revoked_at.is_(None))
     return [_stored(row) for row in await _rows(conn, query)]

@@ -35,6 +35,11 @@ class ControlWatcher:
         self._conn: psycopg.AsyncConnection | None = None
         self._task: asyncio.Task[None] | None = None
         self._failing = False
+        self._lock = asyncio.Lock()  # one poll at a time on the connection
+
+    async def refresh_keys(self) -> None:
+        """Polls now (after this process changed a key: the change applies here at once)."""
+        await self.poll(limits=False)
 
     async def start(self) -> None:
         """One poll now (keys ready before the first call, when the database answers), then
@@ -53,6 +58,10 @@ class ControlWatcher:
             await self._conn.close()
 
     async def poll(self, limits: bool) -> bool:
+        async with self._lock:
+            return await self._poll_once(limits)
+
+    async def _poll_once(self, limits: bool) -> bool:
         try:
             if self._conn is None or self._conn.closed:
                 options = {**connection_options("identity-service-control"), "connect_timeout": 2}

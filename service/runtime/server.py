@@ -154,7 +154,7 @@ async def create_server(
         IdentityApi(service, notifier),
         Authenticator(static, key_cache),
         max_concurrent_calls,
-        keys_api=ApiKeyApi(uow),
+        keys_api=ApiKeyApi(uow, control.refresh_keys),
         fair_share=FairShare(limits),
     )
     server.add_generic_rpc_handlers(edge.handlers())
