@@ -84,9 +84,10 @@ def keys_create(admin: bool, workspaces: tuple[str, ...], expires_in_days: float
 
 @keys.command("list")
 @click.option("--revoked", is_flag=True, help="list revoked keys too")
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per key")
 @_database_option
-def keys_list(revoked: bool, database_url: str) -> None:
-    """One JSON object per key (never a secret)."""
+def keys_list(revoked: bool, as_json: bool, database_url: str) -> None:
+    """One line per key, in key_id order (never a secret)."""
 
     async def listed() -> list[store.StoredKey]:
         found: list[store.StoredKey] = []
@@ -99,7 +100,13 @@ def keys_list(revoked: bool, database_url: str) -> None:
                     return found
 
     for key in asyncio.run(listed()):
-        click.echo(json.dumps(_describe(key)))
+        shown = _describe(key)
+        if as_json:
+            click.echo(json.dumps(shown))
+            continue
+        grant = "admin" if key.admin else "workspaces=" + ",".join(key.workspace_ids)
+        click.echo(f"{key.key_id} {grant} created={shown['created']} expires={shown['expires'] or '-'} "
+                   f"revoked={shown['revoked'] or '-'} description={json.dumps(key.description)}")
 
 
 @keys.command("revoke")

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Iterable, Mapping
 
 from service.api import key_secrets
-from service.api.key_cache import KeyCache
+from service.api.key_cache import KeyCache, UnknownKeyId
 from service.errors import PermissionDenied, Unauthenticated
 
 EVERY_WORKSPACE = "*"
@@ -123,6 +123,17 @@ class Authenticator:
         if grant is None:
             raise Unauthenticated("API_KEY_INVALID", "the API key is not known", {})
         return grant
+
+    async def authenticate_waiting(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> Grant | None:
+        """authenticate(), but a managed key unknown to this process's copy is checked again
+        after the copy's next poll (at most 0.25 s later): a key created a moment ago through
+        another process, or by `identity-service keys create`, works at once."""
+        try:
+            return self.authenticate(metadata)
+        except UnknownKeyId:
+            assert self.managed is not None
+            await self.managed.next_poll()
+            return self.authenticate(metadata)
 
     @staticmethod
     def authorize(grant: Grant | None, workspace_id: str) -> None:

@@ -121,7 +121,7 @@ class Edge:
             token = deadlines.set_remaining(context.time_remaining())
             grant_token = None
             try:
-                grant = self.auth.authenticate(context.invocation_metadata()) if self.auth.enabled else None
+                grant = await self.auth.authenticate_waiting(context.invocation_metadata()) if self.auth.enabled else None
                 if grant is not None:
                     key_id = grant.key_id
                     grant_token = current_grant.set(grant)
