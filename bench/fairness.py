@@ -177,7 +177,7 @@ fair shares ({workers} workers, identify_new, {args.seconds:.0f} s runs)
   calm alone at half peak ({half:.0f}/s)      p99 {alone_1['latency_ms']['p99']:.2f} ms, again {alone_2['latency_ms']['p99']:.2f} ms
   calm with the flood (limited)          p99 {flooded['latency_ms']['p99']:.2f} ms   ratio {ratio:.2f} (target <= {TARGET_RATIO})
   flooder: sent {flood_run['calls_per_s']:.0f}/s, served {flood_run['ok_per_s']:.1f}/s (limit {limit}/s x {workers}), refused {refused}
-  calm with the flood (no limits)        p99 {unlimited['latency_ms']['p99']:.2f} ms   ratio {ratio_unlimited:.2f}; flooder served {unlimited_flood['ok_per_s']:.1f}/s
+  calm with the flood (no limits)        p99 {unlimited['latency_ms']['p99']:.2f} ms   ratio {ratio_unlimited:.2f}, calm refused {unlimited['errors']}; flooder served {unlimited_flood['ok_per_s']:.1f}/s
 results: {path}""")
     return 0
 
