@@ -131,11 +131,10 @@ class Edge:
                     raise _undecodable(method) from None
                 workspace = getattr(request, "workspace_id", "")
                 request_id = getattr(request, "request_id", "")
-                if admin_only:
-                    if grant is not None and not grant.admin:
-                        raise admin_required(method)
-                else:
+                if fair:  # a call on a workspace: the key must grant it (whether it exists or not)
                     self.auth.authorize(grant, workspace)
+                if admin_only and grant is not None and not grant.admin:
+                    raise admin_required(method)
                 if fair:
                     self.fair_share.check_rate(workspace)
                 if streaming:

@@ -89,7 +89,7 @@ def test_a_workspace_key_reaches_its_workspace_only_and_manages_nothing(keyed, t
         (keyed.keys.CreateApiKey, kpb.CreateApiKeyRequest(workspace_ids=[mine])),
         (keyed.keys.ListApiKeys, kpb.ListApiKeysRequest(workspace_id=mine)),
         (keyed.keys.RevokeApiKey, kpb.RevokeApiKeyRequest(key_id=key.key_id)),
-        (keyed.workspaces.CreateWorkspace, pb.CreateWorkspaceRequest(workspace_id=mine + "x")),
+        (keyed.workspaces.CreateWorkspace, pb.CreateWorkspaceRequest(workspace_id=mine)),
     ):
         assert refused(call, request, grpc.StatusCode.PERMISSION_DENIED, metadata=who).reason == "ADMIN_REQUIRED"
     raise_limit = pb.UpdateSettingsRequest(
@@ -234,3 +234,36 @@ def test_the_logs_name_key_ids_and_never_a_secret(server_logs):
     assert_no_secret(SECRETS, server_logs.text)
     assert any(f"created API key {k}" in server_logs.text for k in KEY_IDS)
     assert any(f"key_id={k}" in server_logs.text for k in KEY_IDS)  # the call lines name the key
+
+
+@pytest.mark.parametrize("method", ["CreateApiKey", "ListApiKeys", "RevokeApiKey"])
+def test_hostile_bytes_and_fields_to_the_key_service_are_never_internal(keyed, method):
+    raw = keyed.channel.unary_unary(f"/identity.v1.ApiKeyService/{method}", request_serializer=None,
+                                    response_deserializer=None)
+    garbage = [b"\xff\xff\xff", b"\x0a\x05abc", b"\x0a" * 50_000]
+    for body in garbage:
+        with pytest.raises(grpc.RpcError) as caught:
+            raw(body, timeout=10)
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED  # the key first, before any decoding
+        with pytest.raises(grpc.RpcError) as caught:
+            raw(body, metadata=keyed.admin, timeout=10)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value
+    hostile = {
+        "CreateApiKey": [
+            kpb.CreateApiKeyRequest(workspace_ids=["w"] * 1000 + ["\x00bad"]),
+            kpb.CreateApiKeyRequest(workspace_ids=["x" * 100_000]),
+            kpb.CreateApiKeyRequest(admin=True, description="\x00" * 300),
+            kpb.CreateApiKeyRequest(admin=True, expire_time={"seconds": 10**15}),
+            kpb.CreateApiKeyRequest(admin=True, expire_time={"seconds": -(10**15), "nanos": -5}),
+        ],
+        "ListApiKeys": [
+            kpb.ListApiKeysRequest(workspace_id="\x00"),
+            kpb.ListApiKeysRequest(page_size=2**31 - 1, page_token="\u2603" * 100),
+        ],
+        "RevokeApiKey": [kpb.RevokeApiKeyRequest(key_id="\x00" * 16), kpb.RevokeApiKeyRequest(key_id="'; DROP TABLE api_keys; --")],
+    }[method]
+    stub = getattr(keyed.keys, method)
+    for request in hostile:
+        refusal = refused(stub, request, grpc.StatusCode.INVALID_ARGUMENT, metadata=keyed.admin)
+        assert refusal.bad_request is not None and refusal.fields
+        assert "SELECT" not in refusal.message and "api_keys" not in refusal.message

@@ -124,10 +124,12 @@ def expected(rpc: str, caller: str, target: str) -> tuple[C, str | None]:
     if caller in UNAUTHENTICATED:
         return C.UNAUTHENTICATED, UNAUTHENTICATED[caller]
     if caller != "admin key":
-        if rpc in ADMIN_ONLY:
+        if rpc in KEY_SERVICE_RPCS:
             return C.PERMISSION_DENIED, "ADMIN_REQUIRED"
         if GRANTS[caller] != target:
             return C.PERMISSION_DENIED, "WORKSPACE_NOT_ALLOWED"
+        if rpc in ADMIN_ONLY:  # CreateWorkspace, even of the key's own workspace
+            return C.PERMISSION_DENIED, "ADMIN_REQUIRED"
     return AUTHORIZED[rpc][target == "missing"]
 
 
