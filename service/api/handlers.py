@@ -25,7 +25,7 @@ from service.api.fair_share import FairShare, WorkspaceLimits
 from service.api.servicer import IdentityApi
 from service.api.status import cut, to_status
 from service.db import deadlines
-from service.errors import DomainError, FieldViolation, InvalidArgument, ResourceExhausted
+from service.errors import DomainError, FieldViolation, InvalidArgument, ResourceExhausted, Unauthenticated
 from service.runtime import logs, telemetry
 
 log = logging.getLogger("identity.calls")
@@ -162,6 +162,8 @@ class Edge:
                 finally:
                     self.in_flight -= 1
             except DomainError as refusal:
+                if not key_id and isinstance(refusal, Unauthenticated):
+                    key_id = refusal.metadata.get("key_id", "")  # a revoked or expired key's id, never its secret
                 status = to_status(refusal)
                 code = status.code
                 await context.abort(status.code, status.details, status.trailing_metadata)

@@ -19,6 +19,7 @@ from identity.v1 import identity_pb2_grpc as pb_grpc
 from service.api.auth import ApiKeys
 from tests.e2e.helpers import refused
 from tests.e2e.keys_helpers import assert_no_secret, bearer, cli_admin_key, error_bytes, server_logs  # noqa: F401
+from tests.e2e.test_tls import processes  # noqa: F401 - real server processes, stopped at the end
 
 SECRETS: list[str] = []  # every secret this module saw: none may show in the servers' logs
 KEY_IDS: list[str] = []
@@ -228,14 +229,6 @@ def test_static_keys_still_work_beside_managed_ones(start_server, admin, make_wo
         running.stop(0)
 
 
-def test_the_logs_name_key_ids_and_never_a_secret(server_logs):
-    """Last of the module: everything the servers above logged."""
-    assert len(SECRETS) >= 8
-    assert_no_secret(SECRETS, server_logs.text)
-    assert any(f"created API key {k}" in server_logs.text for k in KEY_IDS)
-    assert any(f"key_id={k}" in server_logs.text for k in KEY_IDS)  # the call lines name the key
-
-
 @pytest.mark.parametrize("method", ["CreateApiKey", "ListApiKeys", "RevokeApiKey"])
 def test_hostile_bytes_and_fields_to_the_key_service_are_never_internal(keyed, method):
     raw = keyed.channel.unary_unary(f"/identity.v1.ApiKeyService/{method}", request_serializer=None,
@@ -267,3 +260,72 @@ def test_hostile_bytes_and_fields_to_the_key_service_are_never_internal(keyed, m
         refusal = refused(stub, request, grpc.StatusCode.INVALID_ARGUMENT, metadata=keyed.admin)
         assert refusal.bad_request is not None and refusal.fields
         assert "SELECT" not in refusal.message and "api_keys" not in refusal.message
+
+
+def test_a_revocation_in_the_database_reaches_every_worker_process_within_a_second(database_url, engine, tmp_path,
+                                                                                     processes):
+    """A real server with two worker processes, keys from a file and from the CLI; the key is
+    revoked with `identity-service keys revoke` (in the database: no worker is told), and every
+    worker refuses it within a second. The log (JSON) names key ids, never a secret."""
+    from click.testing import CliRunner
+
+    from service.cli import cli
+    from tests.e2e.test_tls import ServerProcess
+
+    static = "static-" + __import__("secrets").token_hex(16)
+    keys_file = tmp_path / "keys"
+    keys_file.write_text(f"# the first admin key, for the tests\n{static}=*\n")
+    server = ServerProcess(["--listen", "127.0.0.1:{port}", "--database-url", database_url, "--workers", "2",
+                            "--api-keys-file", str(keys_file), "--log-format", "json"], tmp_path / "server.log")
+    processes.append(server)
+    server.wait_serving(None)
+    workspace = "w-" + __import__("secrets").token_hex(5)
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        pb_grpc.WorkspaceServiceStub(channel).CreateWorkspace(pb.CreateWorkspaceRequest(workspace_id=workspace),
+                                                              metadata=bearer(static), timeout=10)
+    made = CliRunner().invoke(cli, ["keys", "create", "-w", workspace, "--json", "--database-url", database_url])
+    assert made.exit_code == 0, made.output
+    created = __import__("json").loads(made.stdout)
+    secret = created["secret"]
+    SECRETS.extend([secret, static])
+    # Sixteen connections: SO_REUSEPORT spreads them over both workers.
+    channels = [grpc.insecure_channel(f"127.0.0.1:{server.port}", options=[("grpc.use_local_subchannel_pool", 1)])
+                for _ in range(16)]
+    try:
+        stubs = [pb_grpc.IdentityServiceStub(c) for c in channels]
+        request = pb.GetSettingsRequest(workspace_id=workspace)
+        for stub in stubs:  # a key just made in the database works at once, on every worker
+            stub.GetSettings(request, metadata=bearer(secret), timeout=10)
+        revoked = CliRunner().invoke(cli, ["keys", "revoke", created["key_id"], "--database-url", database_url])
+        assert revoked.exit_code == 0 and f"revoked API key {created['key_id']}" in revoked.output
+        start = time.monotonic()
+        live = set(range(len(stubs)))
+        latencies = []
+        while live:
+            for i in list(live):
+                try:
+                    stubs[i].GetSettings(request, metadata=bearer(secret), timeout=10)
+                except grpc.RpcError as error:
+                    assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+                    latencies.append(time.monotonic() - start)
+                    live.discard(i)
+            assert time.monotonic() - start < 1.0, f"{len(live)} connections still accept the revoked key after 1 s"
+            time.sleep(0.005)
+    finally:
+        for channel in channels:
+            channel.close()
+    print(f"\nrevocation reached every worker in {max(latencies) * 1000:.0f} ms")
+    assert server.terminate() == 0
+    lines = [__import__("json").loads(line) for line in server.log().splitlines() if line.startswith("{")]
+    served = {line["process"] for line in lines if line.get("method") == "GetSettings" and line.get("code") == "OK"}
+    assert len(served) == 2, "the calls did not reach both workers"
+    assert {line.get("key_id") for line in lines if line.get("method") == "GetSettings"} == {created["key_id"]}
+    assert_no_secret([secret, static], server.log())
+
+
+def test_the_logs_name_key_ids_and_never_a_secret(server_logs):
+    """Last of the module: everything the servers above logged."""
+    assert len(SECRETS) >= 8
+    assert_no_secret(SECRETS, server_logs.text)
+    assert any(f"created API key {k}" in server_logs.text for k in KEY_IDS)
+    assert any(f"key_id={k}" in server_logs.text for k in KEY_IDS)  # the call lines name the key
