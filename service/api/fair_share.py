@@ -39,10 +39,6 @@ class WorkspaceLimits:
         rate, concurrency = self.overrides.get(workspace_id, (0, 0))
         return rate or self.default_rate, concurrency or self.default_concurrency
 
-    @property
-    def any(self) -> bool:
-        return bool(self.default_rate or self.default_concurrency or self.overrides)
-
 
 @dataclass
 class _Share:
