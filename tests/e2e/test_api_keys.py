@@ -55,6 +55,7 @@ def keyed(start_server, admin, server_logs):
     keyed = Keyed(running, admin)
     yield keyed
     keyed.channel.close()
+    running.stop(0)
 
 
 @pytest.fixture
