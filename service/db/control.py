@@ -36,6 +36,7 @@ class ControlWatcher:
         self._task: asyncio.Task[None] | None = None
         self._failing = False
         self._lock = asyncio.Lock()  # one poll at a time on the connection
+        self._stopping = asyncio.Event()
 
     async def refresh_keys(self) -> None:
         """Polls now (after this process changed a key: the change applies here at once)."""
@@ -48,14 +49,20 @@ class ControlWatcher:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="control-watcher")
 
     async def stop(self) -> None:
+        """Ends the loop between polls: cancelling a query in flight makes psycopg cancel it on
+        the server and wait for that (seconds, on a busy server), which a draining worker cannot
+        afford. Bounded either way."""
+        self._stopping.set()
         if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            await asyncio.wait({self._task}, timeout=2 * self.interval + 2)
+            if not self._task.done():
+                self._task.cancel()
+                await asyncio.wait({self._task}, timeout=1)
         if self._conn is not None:
-            await self._conn.close()
+            try:
+                await asyncio.wait_for(self._conn.close(), timeout=1)
+            except asyncio.TimeoutError:
+                log.warning("the keys-and-limits connection did not close in time")
 
     async def poll(self, limits: bool) -> bool:
         async with self._lock:
@@ -92,7 +99,11 @@ class ControlWatcher:
 
     async def _run(self) -> None:
         tick = 0
-        while True:
-            await asyncio.sleep(self.interval)
+        while not self._stopping.is_set():
+            try:
+                await asyncio.wait_for(self._stopping.wait(), timeout=self.interval)
+                return  # stopping
+            except asyncio.TimeoutError:
+                pass
             tick += 1
             await self.poll(limits=tick % LIMITS_EVERY == 0)
