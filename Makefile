@@ -84,6 +84,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
 	$(BIN)/python -m bench.change_log $(CHANGE_LOG_BENCH_ARGS)
 	$(BIN)/python -m bench.bulk_import $(BULK_IMPORT_BENCH_ARGS)
+	$(BIN)/python -m bench.fairness $(FAIRNESS_BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .tools .pgdata .pytest_cache .coverage

@@ -157,6 +157,8 @@ def settings_lines(settings: pb.WorkspaceSettings) -> list[str]:
         f"sole_identifier_updatable: {str(settings.sole_identifier_updatable).lower()}",
         f"auto_merge:                {str(settings.auto_merge).lower()}",
         f"event_retention_days:      {settings.event_retention_days}",
+        f"max_calls_per_second:      {settings.max_calls_per_second or 'server default'}",
+        f"max_concurrent_calls:      {settings.max_concurrent_calls or 'server default'}",
     ]
 
 
@@ -241,6 +243,10 @@ def settings_options(function: Callable[..., Any]) -> Callable[..., Any]:
                      help="ID_ONLY/EMAIL_ONLY: the sole identifier may change through a cio_id (R22)"),
         click.option("--auto-merge/--no-auto-merge", default=None, help="merge automatically when R13 allows"),
         click.option("--retention-days", type=int, default=None, help="days the change log keeps (1-3650)"),
+        click.option("--max-calls-per-second", type=int, default=None,
+                     help="fair share: calls per second per server process (0: the server's default; admin key)"),
+        click.option("--max-concurrent-calls", type=int, default=None,
+                     help="fair share: calls at once per server process (0: the server's default; admin key)"),
         click.option("--validate-only", is_flag=True, help="check the request, store nothing"),
         click.option("--request-id", default="", help="idempotency key (R70)"),
     ]
@@ -250,7 +256,8 @@ def settings_options(function: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def chosen_settings(mode: str | None, email_updatable_by_id: bool | None, sole_identifier_updatable: bool | None,
-                    auto_merge: bool | None, retention_days: int | None) -> dict[str, Any]:
+                    auto_merge: bool | None, retention_days: int | None, max_calls_per_second: int | None = None,
+                    max_concurrent_calls: int | None = None) -> dict[str, Any]:
     """The settings fields given on the command line, by proto field name."""
     given = {
         "identifier_mode": MODES[mode.lower()] if mode else None,
@@ -258,6 +265,8 @@ def chosen_settings(mode: str | None, email_updatable_by_id: bool | None, sole_i
         "sole_identifier_updatable": sole_identifier_updatable,
         "auto_merge": auto_merge,
         "event_retention_days": retention_days,
+        "max_calls_per_second": max_calls_per_second,
+        "max_concurrent_calls": max_concurrent_calls,
     }
     return {name: value for name, value in given.items() if value is not None}
 
@@ -274,6 +283,7 @@ def cli() -> None:
     Server:  serve, migrate (the server's own flags, see `serve --help`)
     Client:  workspace create|show|update, person get|identify|delete,
              export, watch (--address, --api-key, --json on each)
+    Keys:    keys create|list|revoke (in the database: DATABASE_URL)
     """
 
 
@@ -647,6 +657,11 @@ def watch(client: Client, workspace: str, after: int, until_caught_up: bool) -> 
     except KeyboardInterrupt:
         responses.cancel()
         sys.exit(130)
+
+
+from service.cli_keys import keys  # noqa: E402 - the `keys` group, in a module of its own
+
+cli.add_command(keys)
 
 
 def main(argv: list[str] | None = None) -> Any:

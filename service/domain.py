@@ -39,6 +39,9 @@ class Settings:
     sole_identifier_updatable: bool = False
     auto_merge: bool = True
     event_retention_days: int = 30  # how long the change log keeps events (R52)
+    # Fair share (issue 11), per server process; 0: the server's default.
+    max_calls_per_second: int = 0
+    max_concurrent_calls: int = 0
 
 
 @dataclass(frozen=True)

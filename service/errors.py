@@ -76,4 +76,10 @@ def invalid(field: str, description: str, reason: str) -> InvalidArgument:
 
 
 class ResourceExhausted(DomainError):
-    """The server is at its limit of calls in flight; retry later."""
+    """A limit was reached (the server's calls in flight, a workspace's fair share); retry after
+    `retry_after` seconds (sent as a google.rpc.RetryInfo, AIP-193)."""
+
+    def __init__(self, reason: str, message: str, metadata: Mapping[str, str] | None = None,
+                 retry_after: float | None = None):
+        super().__init__(reason, message, metadata)
+        self.retry_after = retry_after

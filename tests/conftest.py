@@ -92,26 +92,41 @@ def workspace(make_workspace: Callable[..., str]) -> str:
     return make_workspace()
 
 
+_STARTED: list[ServerThread] = []  # every server start_server started
+_SESSION_SERVERS: set[int] = set()  # ids of those that serve the whole session
+
+
 @pytest.fixture(scope="session")
 def start_server(database_url: str, engine: sa.Engine) -> Iterator[Callable[..., ServerThread]]:
     """Starts a server of the test's own (options as service.runtime.server.create_server takes
-    them) on a free port; every one started is stopped at the end of the session."""
-    started: list[ServerThread] = []
+    them) on a free port. One started while a test module runs is stopped when the module ends
+    (its pool's connections with it: the suite must fit under the database's connection limit);
+    the session's own at the end of the session."""
 
     def start(**options: object) -> ServerThread:
         server = ServerThread("127.0.0.1:0", database_url, **options)
-        started.append(server)
+        _STARTED.append(server)
         return server
 
     yield start
-    for server in started:
+    for server in _STARTED:
         if server.loop.is_running():
+            server.stop(0)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stop_the_modules_servers() -> Iterator[None]:
+    yield
+    for server in _STARTED:
+        if id(server) not in _SESSION_SERVERS and server.loop.is_running():
             server.stop(0)
 
 
 @pytest.fixture(scope="session")
 def server(start_server: Callable[..., ServerThread]) -> ServerThread:
-    return start_server(pool_size=8)
+    running = start_server(pool_size=8)
+    _SESSION_SERVERS.add(id(running))
+    return running
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 from google.protobuf import struct_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -38,7 +38,11 @@ SETTINGS_FIELDS = (
     "sole_identifier_updatable",
     "auto_merge",
     "event_retention_days",
+    "max_calls_per_second",
+    "max_concurrent_calls",
 )
+# Fair-share limits (issue 11): the largest value each accepts (0 is the server's default).
+LIMIT_FIELDS = {"max_calls_per_second": 1_000_000, "max_concurrent_calls": 10_000}
 MAX_RETENTION_DAYS = 3650
 EVENT_KIND_TO_PB = {
     "CREATED": pb.PERSON_EVENT_KIND_CREATED,
@@ -102,6 +106,8 @@ def settings_to_pb(settings: Settings) -> pb.WorkspaceSettings:
         sole_identifier_updatable=settings.sole_identifier_updatable,
         auto_merge=settings.auto_merge,
         event_retention_days=settings.event_retention_days,
+        max_calls_per_second=settings.max_calls_per_second,
+        max_concurrent_calls=settings.max_concurrent_calls,
     )
 
 
@@ -111,6 +117,14 @@ def retention_from_pb(days: int, field: str, default: int | None = None) -> int:
     if not 1 <= days <= MAX_RETENTION_DAYS:
         raise invalid(field, f"must be 1 to {MAX_RETENTION_DAYS} days", "INVALID_RETENTION")
     return days
+
+
+def limit_from_pb(value: int, name: str) -> int:
+    """A fair-share limit (issue 11): 0 (the server's default) up to LIMIT_FIELDS[name]."""
+    top = LIMIT_FIELDS[name]
+    if not 0 <= value <= top:
+        raise invalid(f"settings.{name}", f"must be 0 (the server's default) to {top:,}", "INVALID_LIMIT")
+    return value
 
 
 def explanation_to_pb(why: Explanation) -> pb.Decision:
@@ -177,13 +191,28 @@ def settings_from_pb(workspace_id: str, message: pb.WorkspaceSettings | None) ->
     """CreateWorkspace: absent settings are the defaults; present ones are taken as given."""
     if message is None:
         return Settings(workspace_id)
+    values: dict[str, Any] = {}
+    violations: list[FieldViolation] = []
+    checks: dict[str, Callable[[], Any]] = {
+        "mode": lambda: mode_from_pb(message.identifier_mode, "settings.identifier_mode", Mode.EMAIL_OR_ID),
+        "event_retention_days": lambda: retention_from_pb(
+            message.event_retention_days, "settings.event_retention_days", 30
+        ),
+        **{name: (lambda name=name: limit_from_pb(getattr(message, name), name)) for name in LIMIT_FIELDS},
+    }
+    for name, check in checks.items():  # every bad field at once (R42)
+        try:
+            values[name] = check()
+        except InvalidArgument as error:
+            violations += error.violations
+    if violations:
+        raise InvalidArgument(violations)
     return Settings(
         workspace_id=workspace_id,
-        mode=mode_from_pb(message.identifier_mode, "settings.identifier_mode", Mode.EMAIL_OR_ID),
         email_updatable_by_id=message.email_updatable_by_id,
         sole_identifier_updatable=message.sole_identifier_updatable,
         auto_merge=message.auto_merge,
-        event_retention_days=retention_from_pb(message.event_retention_days, "settings.event_retention_days", 30),
+        **values,
     )
 
 
@@ -207,13 +236,21 @@ def settings_patch(message: pb.WorkspaceSettings, paths: list[str]) -> dict[str,
             ]
         )
     patch: dict[str, Any] = {}
+    violations: list[FieldViolation] = []
     for path in paths:
-        if path == "identifier_mode":
-            patch["mode"] = mode_from_pb(message.identifier_mode, "settings.identifier_mode")
-        elif path == "event_retention_days":
-            patch[path] = retention_from_pb(message.event_retention_days, "settings.event_retention_days", 30)
-        else:
-            patch[path] = getattr(message, path)
+        try:
+            if path == "identifier_mode":
+                patch["mode"] = mode_from_pb(message.identifier_mode, "settings.identifier_mode")
+            elif path == "event_retention_days":
+                patch[path] = retention_from_pb(message.event_retention_days, "settings.event_retention_days", 30)
+            elif path in LIMIT_FIELDS:
+                patch[path] = limit_from_pb(getattr(message, path), path)
+            else:
+                patch[path] = getattr(message, path)
+        except InvalidArgument as error:  # every bad field at once (R42)
+            violations += error.violations
+    if violations:
+        raise InvalidArgument(violations)
     return patch
 
 

@@ -10,10 +10,10 @@ from dataclasses import replace
 from typing import Any, AsyncIterator, Callable
 
 from identity.v1 import identity_pb2 as pb
-from service.api import convert, csv_import, import_stream
+from service.api import auth, convert, csv_import, import_stream
 from service.api.status import to_status_proto
 from service.db.notifier import Notifier
-from service.domain import Call, Changed, IdentifyResult, Merged, Replayed
+from service.domain import Call, Changed, IdentifyResult, Merged, Replayed, Settings
 from service.errors import DomainError, InvalidArgument
 from service.rules.validation import check_workspace_id
 from service.usecases import IdentityService
@@ -245,10 +245,20 @@ class IdentityApi:
             patch=lambda: convert.settings_patch(request.settings, list(request.update_mask.paths)),
         )["patch"]
         encode, respond = _SETTINGS[pb.UpdateSettingsResponse]
-        settings = await self.service.update_settings(
-            request.workspace_id, lambda current: replace(current, **patch), _call("UpdateSettings", request, encode)
-        )
+
+        def apply(current: Settings) -> Settings:
+            changed = replace(current, **patch)
+            if not auth.is_admin() and _limits(changed) != _limits(current):
+                # A tenant may not raise its own fair share (issue 11).
+                raise auth.admin_required("changing max_calls_per_second or max_concurrent_calls")
+            return changed
+
+        settings = await self.service.update_settings(request.workspace_id, apply, _call("UpdateSettings", request, encode))
         return respond(settings)
+
+
+def _limits(settings: Settings) -> tuple[int, int]:
+    return settings.max_calls_per_second, settings.max_concurrent_calls
 
 
 def _identify_response(result: IdentifyResult) -> pb.IdentifyResponse:

@@ -79,6 +79,12 @@ def _build(error: errors.DomainError, shown: list[errors.FieldViolation], omitte
             message += f"; and {omitted} more"
     status = status_pb2.Status(code=code_of(error), message=cut(message, 2 * MAX_TEXT))
     status.details.append(_packed(error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=metadata)))
+    retry_after = getattr(error, "retry_after", None)
+    if retry_after is not None:
+        # AIP-193: RESOURCE_EXHAUSTED says when to retry.
+        delay = error_details_pb2.RetryInfo()
+        delay.retry_delay.FromNanoseconds(max(1_000_000, int(retry_after * 1e9)))
+        status.details.append(_packed(delay))
     if shown:
         status.details.append(
             _packed(

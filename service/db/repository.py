@@ -26,6 +26,7 @@ from service.db.statements import (
     DELETE_PEOPLE_SQL,
     INSERT_PERSON_SQL,
     LOAD_SQL,
+    SETTINGS_COLUMNS,
     SET_TIMEOUTS_SQL,
     SETTINGS_QUERIES,
     UPDATE_PERSON_SQL,
@@ -44,7 +45,7 @@ __all__ = ["Lock", "Repository"]
 
 def _settings(row: Sequence[Any]) -> Settings:
     """From the SETTINGS_COLUMNS of a driver row."""
-    return Settings(row[0], Mode(row[1]), row[2], row[3], row[4], row[5])
+    return Settings(row[0], Mode(row[1]), row[2], row[3], row[4], row[5], row[6], row[7])
 
 
 def _settings_values(settings: Settings) -> dict[str, object]:
@@ -54,6 +55,8 @@ def _settings_values(settings: Settings) -> dict[str, object]:
         "sole_identifier_updatable": settings.sole_identifier_updatable,
         "auto_merge": settings.auto_merge,
         "event_retention_days": settings.event_retention_days,
+        "max_calls_per_second": settings.max_calls_per_second,
+        "max_concurrent_calls": settings.max_concurrent_calls,
     }
 
 
@@ -123,7 +126,8 @@ class Repository:
         if not rows:
             return None, []
         # Columns: the settings (6), then the person (6), absent when nobody matched.
-        return _settings(rows[0]), [Person(*row[6:]) for row in rows if row[6] is not None]
+        n = len(SETTINGS_COLUMNS)  # the people columns follow the settings columns
+        return _settings(rows[0]), [Person(*row[n:]) for row in rows if row[n] is not None]
 
     def stage(self, settings: Settings, decision: Decision) -> None:
         """Stages what a decision says, sent with the COMMIT: a merge's secondaries are deleted

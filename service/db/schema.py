@@ -20,6 +20,9 @@ workspaces = sa.Table(
     sa.Column("event_retention_days", sa.Integer, nullable=False),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    # Fair share (issue 11): 0 is the server's default.
+    sa.Column("max_calls_per_second", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("max_concurrent_calls", sa.Integer, nullable=False, server_default="0"),
 )
 
 people = sa.Table(
@@ -99,4 +102,26 @@ import_refusals = sa.Table(
     sa.Column("import_id", sa.Text, primary_key=True),
     sa.Column("row_number", sa.BigInteger, primary_key=True),
     sa.Column("status", sa.LargeBinary, nullable=False),
+)
+
+# Managed API keys (migration 0005). Not per workspace: reference tables on Citus.
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("key_id", sa.Text, primary_key=True),
+    sa.Column("salt", sa.LargeBinary, nullable=False),
+    sa.Column("digest", sa.LargeBinary, nullable=False),
+    sa.Column("admin", sa.Boolean, nullable=False),
+    sa.Column("workspace_ids", ARRAY(sa.Text), nullable=False),
+    sa.Column("description", sa.Text, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("expires_at", sa.DateTime(timezone=True)),
+    sa.Column("revoked_at", sa.DateTime(timezone=True)),
+)
+
+api_key_versions = sa.Table(
+    "api_key_versions",
+    metadata,
+    sa.Column("singleton", sa.Boolean, primary_key=True),
+    sa.Column("version", sa.BigInteger, nullable=False),
 )

@@ -87,6 +87,8 @@ SETTINGS_COLUMNS = (
     workspaces.c.sole_identifier_updatable,
     workspaces.c.auto_merge,
     workspaces.c.event_retention_days,
+    workspaces.c.max_calls_per_second,
+    workspaces.c.max_concurrent_calls,
 )
 
 

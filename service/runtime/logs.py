@@ -33,7 +33,7 @@ def _shown(value: object) -> str:
 def call_message(fields: Mapping[str, Any]) -> str:
     """The human form of a call line: `Identify ws=default OK 1.23ms request_id=r1 trace_id=…`."""
     line = f"{fields['method']} ws={_shown(fields['workspace'])} {fields['code']} {fields['ms']:.2f}ms"
-    for name in ("request_id", "trace_id"):
+    for name in ("key_id", "request_id", "trace_id"):
         if fields.get(name):
             line += f" {name}={_shown(fields[name])}"
     return line

@@ -21,8 +21,12 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from service.api import reflection
-from service.api.auth import ApiKeys
+from service.api.api_key_servicer import ApiKeyApi
+from service.api.auth import ApiKeys, Authenticator
+from service.api.fair_share import FairShare, WorkspaceLimits
 from service.api.handlers import SERVICE_NAMES, Edge
+from service.api.key_cache import KeyCache
+from service.db.control import ControlWatcher
 from service.api.servicer import IdentityApi
 from service.db.engine import create_engine, create_pool, libpq_url, migrate
 from service.db.monitor import DatabaseMonitor
@@ -78,6 +82,7 @@ class RunningServer:
     pool_size: int
     notifier: Notifier | None = None
     janitor: asyncio.Task[None] | None = None
+    control: ControlWatcher | None = None
 
     async def set_serving(self, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
@@ -104,6 +109,8 @@ class RunningServer:
             await _bounded("change notifications", self.notifier.close(), STEP_TIMEOUT)
         await _bounded("gRPC server", self.server.stop(grace), grace + STEP_TIMEOUT)
         await _bounded("database monitor", self.monitor.stop(), STEP_TIMEOUT)
+        if self.control is not None:
+            await _bounded("key and limit watcher", self.control.stop(), STEP_TIMEOUT)
         await _bounded("connection pool", self.uow.pool.close(timeout=1), STEP_TIMEOUT)
 
 
@@ -131,6 +138,9 @@ async def create_server(
     max_streams: int = 10_000,
     monitor_interval: float = 0.5,
     api_keys: ApiKeys | None = None,
+    require_api_keys: bool = False,
+    workspace_calls_per_second: int = 0,
+    workspace_concurrent_calls: int = 0,
     tls: ServerTls | None = None,
     insecure: bool = False,
     import_batch_rows: int = BATCH_ROWS,
@@ -139,7 +149,10 @@ async def create_server(
     running event loop. Past `max_concurrent_calls` identity calls in flight, new ones get
     RESOURCE_EXHAUSTED; streams (reflection, health watches) count only towards `max_streams`.
     The database is pinged every `monitor_interval` seconds: health follows it. With `tls`, it
-    serves TLS (mutual when `tls` has a client CA); without, only on loopback unless `insecure`."""
+    serves TLS (mutual when `tls` has a client CA); without, only on loopback unless `insecure`.
+    With static `api_keys` or `require_api_keys`, every call needs a key: a static one or a
+    managed one (ApiKeyService), whose copy a watcher keeps current on a connection of its own.
+    The workspace_* limits are the fair-share defaults of every workspace (0: none)."""
     refusal = check_listen(address, tls is not None, insecure)
     if refusal:
         raise ValueError(refusal)
@@ -152,7 +165,18 @@ async def create_server(
     uow = UnitOfWork(pool, available=lambda: monitor.available)
     service = IdentityService(uow, _pause_after_commit(os.environ.get(PAUSE_AFTER_COMMIT_ENV, "")))
     notifier = Notifier(libpq_url(database_url), service.events_after)
-    edge = Edge(IdentityApi(service, notifier, import_batch_rows), api_keys, max_concurrent_calls)
+    static = api_keys or ApiKeys({})
+    key_cache = KeyCache() if static.enabled or require_api_keys else None
+    limits = WorkspaceLimits(workspace_calls_per_second, workspace_concurrent_calls)
+    control = ControlWatcher(libpq_url(database_url), key_cache, limits)
+    await control.start()
+    edge = Edge(
+        IdentityApi(service, notifier, import_batch_rows),
+        Authenticator(static, key_cache),
+        max_concurrent_calls,
+        keys_api=ApiKeyApi(uow, control.refresh_keys),
+        fair_share=FairShare(limits),
+    )
     server.add_generic_rpc_handlers(edge.handlers())
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable([*SERVICE_NAMES, health.SERVICE_NAME], server)
@@ -160,7 +184,8 @@ async def create_server(
     if port == 0:
         raise RuntimeError(f"could not listen on {address}")
     await server.start()
-    running = RunningServer(server, health_servicer, port, monitor, uow, database_url, pool_size, notifier)
+    running = RunningServer(server, health_servicer, port, monitor, uow, database_url, pool_size, notifier,
+                            control=control)
     holder.append(running)
     await running.set_serving(True)
     monitor.start()
@@ -282,7 +307,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--api-keys",
         type=ApiKeys.parse,
         default=_env("API_KEYS", ""),
-        help="key=workspace|workspace,key=* (empty: no key needed; for local development only)",
+        help="static keys, for development: key=workspace|workspace,key=* (shown by ps: prefer "
+        "--api-keys-file or managed keys)",
+    )
+    p.add_argument(
+        "--api-keys-file",
+        default=_env("API_KEYS_FILE", ""),
+        help="a file of static keys, one key=workspace|workspace or key=* per line (# comments); "
+        "turns authentication on",
+    )
+    p.add_argument(
+        "--require-api-keys",
+        action="store_true",
+        default=_env("REQUIRE_API_KEYS", "0") == "1",
+        help="every call needs a key (managed keys: identity-service keys create --admin)",
+    )
+    p.add_argument(
+        "--workspace-calls-per-second",
+        type=int,
+        default=int(_env("WORKSPACE_CALLS_PER_SECOND", "0")),
+        help="fair share: each workspace's calls per second per process, unless its settings say (0: no limit)",
+    )
+    p.add_argument(
+        "--workspace-concurrent-calls",
+        type=int,
+        default=int(_env("WORKSPACE_CONCURRENT_CALLS", "0")),
+        help="fair share: each workspace's calls running at once per process, unless its settings say (0: no limit)",
     )
     p.add_argument("--tls-cert", default=_env("TLS_CERT", ""), help="PEM certificate chain: serve TLS (reloaded on SIGHUP)")
     p.add_argument("--tls-key", default=_env("TLS_KEY", ""), help="PEM private key of --tls-cert")
@@ -333,15 +383,15 @@ def check_connection_budget(database_url: str, workers: int, pool_size: int) -> 
     with psycopg.connect(database_url, connect_timeout=5) as conn:
         limit = int(conn.execute("SHOW max_connections").fetchone()[0])
         reserved = int(conn.execute("SHOW superuser_reserved_connections").fetchone()[0])
-    needed = workers * (pool_size + 1)
+    needed = workers * (pool_size + 2)
     if needed > limit - reserved:
         log.warning(
-            "%d workers x (pool size %d + 1 monitor) = %d connections, over the database's limit of %d "
+            "%d workers x (pool size %d + 1 monitor + 1 control) = %d connections, over the database's limit of %d "
             "(max_connections %d - %d reserved): lower --workers or --pool-size",
             workers, pool_size, needed, limit - reserved, limit, reserved,
         )
     else:
-        log.info("connections: %d workers x (pool %d + 1) = %d of %d available", workers, pool_size, needed, limit - reserved)
+        log.info("connections: %d workers x (pool %d + 2) = %d of %d available", workers, pool_size, needed, limit - reserved)
 
 
 def serve(args: argparse.Namespace, database_url: str, worker: int = 0) -> int:
@@ -376,6 +426,9 @@ async def _serve(args: argparse.Namespace, database_url: str, worker: int) -> No
         max_concurrent_calls=args.max_concurrent_calls,
         max_streams=args.max_streams,
         api_keys=args.api_keys,
+        require_api_keys=args.require_api_keys,
+        workspace_calls_per_second=args.workspace_calls_per_second,
+        workspace_concurrent_calls=args.workspace_concurrent_calls,
         tls=server_tls,
         insecure=args.insecure,
     )
@@ -482,6 +535,16 @@ def log_start(args: argparse.Namespace, database_url: str, server_tls: ServerTls
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logs.configure(args.log_level, args.log_format)
+    if args.api_keys_file:
+        try:
+            args.api_keys = ApiKeys({**args.api_keys.grants, **ApiKeys.from_file(args.api_keys_file).grants})
+        except (OSError, ValueError) as e:
+            # The file's path, never its content (it holds secrets).
+            print(f"identity-server: error: cannot read --api-keys-file {args.api_keys_file}: {type(e).__name__}",
+                  file=sys.stderr)
+            return 2
+        if not args.api_keys.enabled:
+            args.require_api_keys = True  # an empty file still means keys are wanted
     try:
         server_tls = tls_from_args(args.tls_cert, args.tls_key, args.tls_client_ca)  # checked here, loaded per worker
     except TlsError as e:
@@ -516,8 +579,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.migrate_only:
         return 0
     check_connection_budget(database_url, args.workers, args.pool_size)
-    if not args.api_keys.enabled:
-        log.warning("no API keys configured (API_KEYS): every caller may use every workspace")
+    if not args.api_keys.enabled and not args.require_api_keys:
+        log.warning("no API keys required (REQUIRE_API_KEYS, API_KEYS_FILE, API_KEYS): every caller may use "
+                    "every workspace (local development only)")
+    elif args.api_keys.enabled:
+        log.info("%d static API key%s (%s) and managed keys accepted", len(args.api_keys.grants),
+                 "" if len(args.api_keys.grants) == 1 else "s",
+                 ", ".join(sorted(g.key_id for g in args.api_keys.grants.values())))
     log_start(args, database_url, server_tls)
     if args.workers <= 1:
         return serve(args, database_url)

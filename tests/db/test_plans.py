@@ -33,9 +33,11 @@ from psycopg.types.json import Jsonb
 
 from service.db.engine import connection_options, create_engine, migrate
 from service.db.keys import keys_for
-from service.db.statements import HOT_STATEMENTS
+from service.db.statements import HOT_STATEMENTS, SETTINGS_COLUMNS
 from service.domain import Mode, Person
 from service.rules.validation import email_key, new_cio_id
+
+_P = len(SETTINGS_COLUMNS)  # a load row: the settings columns, then the person's
 
 # "A handful": what one probe of a unique index reads (one row; an index path of 2-4 pages and
 # the heap page), times the few values a lookup carries. A scan of a workspace's prefix reads
@@ -433,10 +435,10 @@ def test_the_load_returns_the_settings_then_each_person_found_once_in_cio_id_ord
                 rows = prepared.execute(statement, lookup)
                 settings = ("both", "EMAIL_OR_ID", True, False, True)
                 assert [row[:5] for row in rows] == [settings] * 3
-                assert [row[6] for row in rows] == sorted([p.cio_id, q.cio_id, r.cio_id])
-                assert {row[6]: row[7:10] for row in rows}[q.cio_id] == (q.id, q.email, q.attributes)
+                assert [row[_P] for row in rows] == sorted([p.cio_id, q.cio_id, r.cio_id])
+                assert {row[_P]: row[_P + 1:_P + 4] for row in rows}[q.cio_id] == (q.id, q.email, q.attributes)
                 # Nobody found: the settings alone, the person's columns NULL.
-                assert prepared.execute(statement, _lookup(ws.name, ids=("nobody",))) == [settings + (30,) + (None,) * 6]
+                assert prepared.execute(statement, _lookup(ws.name, ids=("nobody",))) == [settings + (30, 0, 0) + (None,) * 6]
                 elsewhere = _lookup("no-such-workspace", ids=(p.id,))  # type: ignore[arg-type]
                 assert prepared.execute(statement, elsewhere) == []
 
@@ -472,7 +474,7 @@ def test_a_locked_load_waits_for_a_concurrent_change_and_sees_its_outcome(
     with _connect(plans_url) as first, _connect(plans_url) as second, _connect(plans_url) as watcher:
         mine, theirs = Prepared(first, load_only), Prepared(second, load_only)
         first.execute("BEGIN")
-        assert [row[6] for row in mine.execute("load_share", lookup)] == [p.cio_id]
+        assert [row[_P] for row in mine.execute("load_share", lookup)] == [p.cio_id]
         first.execute(change, (ws.name, p.cio_id))
         result: list[Any] = []
 
@@ -490,9 +492,9 @@ def test_a_locked_load_waits_for_a_concurrent_change_and_sees_its_outcome(
             thread.join(10)
         assert len(result) == 1
         if found == "nobody":
-            assert result[0][6] is None
+            assert result[0][_P] is None
         else:
-            assert result[0][6] == p.cio_id and result[0][9] == {"plan": "team"}
+            assert result[0][_P] == p.cio_id and result[0][_P + 3] == {"plan": "team"}
 
 
 def test_a_locked_load_locks_its_people_in_cio_id_order_whatever_the_lookup_order(
@@ -527,9 +529,9 @@ def test_a_locked_load_locks_its_people_in_cio_id_order_whatever_the_lookup_orde
             _wait_until_blocked(watcher, theirs_conn.info.backend_pid)
             # It waits for the first person and holds nothing else: the second is free.
             rows = mine.execute("load_share", _lookup(ws.name, (second_person.cio_id,)))
-            assert [row[6] for row in rows] == [second_person.cio_id]
+            assert [row[_P] for row in rows] == [second_person.cio_id]
         finally:
             mine_conn.execute("COMMIT")
             thread.join(10)
         assert not failure, failure
-        assert [row[6] for row in result] == [first_person.cio_id, second_person.cio_id]
+        assert [row[_P] for row in result] == [first_person.cio_id, second_person.cio_id]

@@ -179,3 +179,16 @@ def test_installed_entry_point():
     result = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "workspace" in result.stdout and "Exit codes" in result.stdout
+
+
+def test_workspace_fair_share_limits(run):
+    ws = new_workspace_id()
+    created = run("workspace", "create", ws, "--max-concurrent-calls", "3")
+    assert created.exit_code == 0, created.output
+    assert "max_calls_per_second:      server default" in created.output
+    assert "max_concurrent_calls:      3" in created.output
+    updated = run("workspace", "update", ws, "--max-calls-per-second", "50")
+    assert updated.exit_code == 0, updated.output
+    assert "max_calls_per_second:      50" in updated.output and "max_concurrent_calls:      3" in updated.output
+    refused = run("workspace", "update", ws, "--max-calls-per-second", "-1")
+    assert refused.exit_code == 2 and "INVALID_ARGUMENT INVALID_LIMIT" in refused.output

@@ -25,7 +25,9 @@ FILE = "id,email,plan\n" + "".join(
 
 @pytest.fixture(scope="module")
 def batched(start_server):
-    return start_server(import_batch_rows=3, pool_size=4)
+    running = start_server(import_batch_rows=3, pool_size=2)
+    yield running
+    running.stop(0)
 
 
 @pytest.fixture

@@ -18,8 +18,9 @@ from tests.e2e.test_tls import Pki
 def tls_server(start_server, tmp_path_factory):
     folder = tmp_path_factory.mktemp("cli-tls")
     pki, other = Pki.make(folder, "cli"), Pki.make(folder, "other")
-    running = start_server(tls=ServerTls(str(pki.cert_file), str(pki.key_file)))
-    return running, pki, other
+    running = start_server(tls=ServerTls(str(pki.cert_file), str(pki.key_file)), pool_size=2)
+    yield running, pki, other
+    running.stop(0)
 
 
 def _run(*args: str):

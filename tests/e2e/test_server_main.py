@@ -12,7 +12,7 @@ from service.runtime import server
 def test_migrate_only_applies_migrations_and_creates_no_workspace(database_url, engine):
     assert server.main(["--migrate-only", "--database-url", database_url, "--log-level", "WARNING"]) == 0
     with engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar_one() == "0004"
+        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar_one() == "0005"
 
 
 def test_connection_budget_warns_when_workers_times_pool_exceeds_the_limit(database_url, caplog):

@@ -26,9 +26,16 @@ BATCH = 3
 
 
 @pytest.fixture(scope="module")
-def bulk_stub(start_server) -> Iterator[pb_grpc.IdentityServiceStub]:
-    running = start_server(import_batch_rows=BATCH, pool_size=4)
-    with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+def bulk_server(start_server):
+    """This module's server, stopped at the module's end (its connections go with it)."""
+    running = start_server(import_batch_rows=BATCH, pool_size=3)
+    yield running
+    running.stop(0)
+
+
+@pytest.fixture(scope="module")
+def bulk_stub(bulk_server) -> Iterator[pb_grpc.IdentityServiceStub]:
+    with grpc.insecure_channel(f"127.0.0.1:{bulk_server.port}") as channel:
         yield pb_grpc.IdentityServiceStub(channel)
 
 
@@ -380,8 +387,8 @@ def _raw_stream(port: int, messages: list[bytes], timeout: float = 30) -> tuple[
 
 
 @pytest.fixture(scope="module")
-def bulk_port(start_server) -> int:
-    return start_server(import_batch_rows=BATCH, pool_size=4).port
+def bulk_port(bulk_server) -> int:
+    return bulk_server.port
 
 
 def _first(workspace: str) -> bytes:

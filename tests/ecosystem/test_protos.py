@@ -14,7 +14,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_reflection.v1alpha import reflection_pb2 as reflection_pb
 from grpc_reflection.v1alpha import reflection_pb2_grpc
 
-from identity.v1 import identity_pb2
+from identity.v1 import api_keys_pb2, identity_pb2
 from service.runtime.codegen import (
     DESCRIPTOR_SET, GOOGLE_RPC_PROTOS, PROJECT_ROOT, PROTO_ROOT, generate, googleapis_root,
 )
@@ -39,7 +39,7 @@ def test_descriptor_set_is_what_make_generate_makes(tmp_path):
     # Our own files exactly; the imported ones by name (their comments come with grpcio-tools).
     assert [f.name for f in committed.file] == [f.name for f in fresh.file], "run `make generate`"
     ours = [f.name for f in fresh.file if not f.name.startswith("google/")]
-    assert ours == ["identity/v1/identity.proto"]
+    assert ours == ["identity/v1/api_keys.proto", "identity/v1/identity.proto"]
     by_name = {f.name: f for f in committed.file}
     for file in fresh.file:
         if file.name in ours:
@@ -53,12 +53,13 @@ def _without_json_names(messages) -> None:
         _without_json_names(message.nested_type)
 
 
-def test_descriptor_set_is_the_generated_codes_contract():
-    served = {f.name: f for f in _set(COMMITTED_SET).file}["identity/v1/identity.proto"]
-    assert len(served.source_code_info.location) > 100  # the comments are there
+@pytest.mark.parametrize("module", [identity_pb2, api_keys_pb2], ids=lambda m: m.DESCRIPTOR.name)
+def test_descriptor_set_is_the_generated_codes_contract(module):
+    served = {f.name: f for f in _set(COMMITTED_SET).file}[module.DESCRIPTOR.name]
+    assert len(served.source_code_info.location) > 50  # the comments are there
     served.ClearField("source_code_info")
     compiled = descriptor_pb2.FileDescriptorProto()
-    identity_pb2.DESCRIPTOR.CopyToProto(compiled)
+    module.DESCRIPTOR.CopyToProto(compiled)
     # protoc writes each field's JSON name into a descriptor set, not into generated code.
     _without_json_names(served.message_type)
     assert served == compiled, "run `make generate`: the descriptor set and generated/ disagree"
@@ -80,6 +81,8 @@ def _reflection(channel: grpc.Channel, version: str):
     [
         ("identity.v1.IdentityService.Identify", "identity/v1/identity.proto"),
         ("identity.v1.WorkspaceService", "identity/v1/identity.proto"),
+        ("identity.v1.ApiKeyService", "identity/v1/api_keys.proto"),
+        ("google.rpc.RetryInfo", "google/rpc/error_details.proto"),
         ("google.rpc.ErrorInfo", "google/rpc/error_details.proto"),
         ("google.rpc.BadRequest", "google/rpc/error_details.proto"),
         ("grpc.health.v1.Health", "grpc_health/v1/health.proto"),

@@ -151,8 +151,9 @@ def test_r70_every_call_sent_twice_at_once_on_two_connections_applies_once(race_
         assert "INTERNAL" not in (pair[0][0], pair[1][0]) and "UNKNOWN" not in (pair[0][0], pair[1][0]), pair
         codes = sorted(code for code, _ in pair)
         # Twins queue on their request_id: once one is applied, the other gets its answer. A
-        # refusal stores nothing, so the other twin is then judged on its own (and may apply).
-        assert codes.count("OK") != 1 or pair[1][0] == "OK", (n, plans[n][0], [a if c != "OK" else c for c, a in pair])
+        # refusal stores nothing, so the other twin is then judged on its own (and may apply):
+        # one OK beside one refusal is that. (Which of the two answered first cannot be told
+        # here: the client threads record the answers in their own order, not the server's.)
         if codes == ["OK", "OK"]:
             assert pair[0][1] == pair[1][1], (plans[n], pair)  # the second is the first's stored answer
             applied += 1

@@ -200,20 +200,24 @@ class GetSettingsResponse(_message.Message):
     def __init__(self, settings: _Optional[_Union[WorkspaceSettings, _Mapping]] = ...) -> None: ...
 
 class WorkspaceSettings(_message.Message):
-    __slots__ = ("workspace_id", "identifier_mode", "email_updatable_by_id", "sole_identifier_updatable", "auto_merge", "event_retention_days")
+    __slots__ = ("workspace_id", "identifier_mode", "email_updatable_by_id", "sole_identifier_updatable", "auto_merge", "event_retention_days", "max_calls_per_second", "max_concurrent_calls")
     WORKSPACE_ID_FIELD_NUMBER: _ClassVar[int]
     IDENTIFIER_MODE_FIELD_NUMBER: _ClassVar[int]
     EMAIL_UPDATABLE_BY_ID_FIELD_NUMBER: _ClassVar[int]
     SOLE_IDENTIFIER_UPDATABLE_FIELD_NUMBER: _ClassVar[int]
     AUTO_MERGE_FIELD_NUMBER: _ClassVar[int]
     EVENT_RETENTION_DAYS_FIELD_NUMBER: _ClassVar[int]
+    MAX_CALLS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    MAX_CONCURRENT_CALLS_FIELD_NUMBER: _ClassVar[int]
     workspace_id: str
     identifier_mode: IdentifierMode
     email_updatable_by_id: bool
     sole_identifier_updatable: bool
     auto_merge: bool
     event_retention_days: int
-    def __init__(self, workspace_id: _Optional[str] = ..., identifier_mode: _Optional[_Union[IdentifierMode, str]] = ..., email_updatable_by_id: _Optional[bool] = ..., sole_identifier_updatable: _Optional[bool] = ..., auto_merge: _Optional[bool] = ..., event_retention_days: _Optional[int] = ...) -> None: ...
+    max_calls_per_second: int
+    max_concurrent_calls: int
+    def __init__(self, workspace_id: _Optional[str] = ..., identifier_mode: _Optional[_Union[IdentifierMode, str]] = ..., email_updatable_by_id: _Optional[bool] = ..., sole_identifier_updatable: _Optional[bool] = ..., auto_merge: _Optional[bool] = ..., event_retention_days: _Optional[int] = ..., max_calls_per_second: _Optional[int] = ..., max_concurrent_calls: _Optional[int] = ...) -> None: ...
 
 class GetPersonRequest(_message.Message):
     __slots__ = ("workspace_id", "person")
