@@ -10,7 +10,8 @@ The database is DATABASE_URL (or --database-url): the coordinator's. The citus e
 already exist in that database on the coordinator and on every worker, and the workers must be
 registered (citus_add_node); this module does not manage the cluster.
 
-Tables that are not per workspace (REFERENCE_TABLES: the API keys) become Citus reference tables
+Tables that are not per workspace (REFERENCE_TABLES: the API keys and their version counter)
+become Citus reference tables
 instead: one copy on every node, so that any worker can join them and the coordinator reads them
 locally. Such a table is tolerated missing (the migration that adds it may not have run yet).
 
@@ -39,7 +40,7 @@ DISTRIBUTION_COLUMN = "workspace_id"
 ANCHOR = "workspaces"  # the table every other one is colocated with
 # Tables that are not per workspace: a copy on every node (create_reference_table). Their keys need
 # not include workspace_id. Each may be missing (not yet migrated): skipped until it exists.
-REFERENCE_TABLES: tuple[str, ...] = ("api_keys",)
+REFERENCE_TABLES: tuple[str, ...] = ("api_keys", "api_key_versions")
 # Every other table the service queries, the anchor first (people's foreign key references it, and
 # Citus distributes a referenced table before the tables that reference it).
 TABLES: tuple[str, ...] = (

@@ -87,7 +87,7 @@ def test_a_database_with_data_is_distributed_with_its_rows(spare_database: str) 
             [sys.executable, "-m", "service.db.citus", "distribute"], cwd=REPO, env=env, capture_output=True, text=True
         )
         assert run.returncode == 0, run.stderr
-        assert "distributed workspaces" in run.stdout
+        assert run.stdout.startswith("citus: distributed ") and "workspaces" in run.stdout and "api_keys" in run.stdout
         assert subprocess.run(check, cwd=REPO, env=env, capture_output=True).returncode == 0
         again = subprocess.run(
             [sys.executable, "-m", "service.db.citus", "migrate"], cwd=REPO, env=env, capture_output=True, text=True
@@ -107,32 +107,43 @@ def test_a_database_with_data_is_distributed_with_its_rows(spare_database: str) 
         engine.dispose()
 
 
-def test_api_keys_become_a_reference_table_and_may_be_missing(spare_database: str) -> None:
-    """REFERENCE_TABLES (api_keys, not per workspace, added by a later migration) is tolerated
-    missing; once it exists, distribute makes it a reference table (a copy on every node, its rows
-    kept), leaves it alone the next time, and check reports it until then."""
-    assert "api_keys" in citus.REFERENCE_TABLES and "api_keys" not in citus.TABLES
+def test_the_key_tables_become_reference_tables_and_may_be_missing(spare_database: str) -> None:
+    """REFERENCE_TABLES (api_keys and api_key_versions: not per workspace, added by migration
+    0005) are tolerated missing (a database migrated to 0004 distributes); once the migration has
+    made them, distribute makes them reference tables (a copy on every node, their rows kept),
+    leaves them alone the next time, and check reports them until then."""
+    from alembic import command
+    from alembic.config import Config
+
+    from service.db.engine import MIGRATIONS
+
+    assert set(citus.REFERENCE_TABLES) == {"api_keys", "api_key_versions"}
+    assert not set(citus.REFERENCE_TABLES) & set(citus.TABLES)
     engine = create_engine(spare_database)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
     try:
-        migrate(engine)
-        assert "workspaces" in citus.distribute(engine)  # no api_keys table: nothing to say about it
         with engine.begin() as conn:
-            assert citus.existing_reference_tables(conn) == []
-            # The shape the keys' migration gives it: its own key, no workspace_id in it.
-            conn.execute(sa.text("CREATE TABLE api_keys (key_id text PRIMARY KEY, secret_hash bytea NOT NULL)"))
-            conn.execute(sa.text("INSERT INTO api_keys VALUES ('k1', '\\x01'), ('k2', '\\x02')"))
+            config.attributes["connection"] = conn
+            command.upgrade(config, "0004")
+        assert "workspaces" in citus.distribute(engine)  # no key tables yet: nothing to say about them
         with engine.connect() as conn:
-            assert citus.problems(conn) == ["api_keys: not a reference table"]
-        assert citus.distribute(engine) == ["api_keys"]
+            assert citus.existing_reference_tables(conn) == []
+        migrate(engine)  # 0005 adds the key tables (and one version row) on the coordinator
+        with engine.connect() as conn:
+            assert sorted(citus.problems(conn)) == ["api_key_versions: not a reference table", "api_keys: not a reference table"]
+        assert sorted(citus.distribute(engine)) == ["api_key_versions", "api_keys"]
         assert citus.distribute(engine) == []
         with engine.connect() as conn:
             assert citus.problems(conn) == []
-            assert conn.execute(sa.text("SELECT count(*) FROM api_keys")).scalar() == 2
-            placements = conn.execute(
-                sa.text("SELECT count(DISTINCT nodeport) FROM citus_shards WHERE table_name = 'api_keys'::regclass")
-            ).scalar()
+            assert conn.execute(sa.text("SELECT count(*) FROM api_key_versions")).scalar() == 1
             nodes = conn.execute(sa.text("SELECT count(*) FROM pg_dist_node WHERE isactive")).scalar()
-        assert placements == nodes  # every node, the coordinator included, holds a copy
+            for table in citus.REFERENCE_TABLES:
+                placements = conn.execute(
+                    sa.text("SELECT count(DISTINCT nodeport) FROM citus_shards WHERE table_name = CAST(:t AS regclass)"),
+                    {"t": table},
+                ).scalar()
+                assert placements == nodes, table  # every node, the coordinator included, holds a copy
     finally:
         engine.dispose()
 
