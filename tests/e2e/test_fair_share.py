@@ -15,6 +15,7 @@ from google.rpc import error_details_pb2
 from identity.v1 import identity_pb2 as pb
 from identity.v1 import identity_pb2_grpc as pb_grpc
 from tests.e2e.helpers import assert_invalid, parse, refused
+from tests.lock_waits import backend_id, blocked_by, until
 
 
 def retry_delay(error: grpc.RpcError) -> float:
@@ -85,15 +86,11 @@ def test_a_workspace_with_too_many_calls_at_once_is_refused_while_another_is_ser
     with psycopg.connect(database_url) as blocker:
         # Hold the workspace's settings row: its writes wait on it (FOR SHARE), holding their slot.
         blocker.execute("SELECT 1 FROM workspaces WHERE workspace_id = %s FOR UPDATE", (flood,))
+        holder = backend_id(blocker)
         first = people.Identify.future(pb.IdentifyRequest(workspace_id=flood, id="first"), timeout=30)
+        # Its wait is watched in pg_stat_activity, or on Citus in citus_lock_waits (tests/lock_waits.py).
         with psycopg.connect(database_url, autocommit=True) as watcher:
-            deadline = time.monotonic() + 10
-            while not watcher.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))",
-                (blocker.info.backend_pid,),
-            ).fetchone()[0]:
-                assert time.monotonic() < deadline, "the first call never reached its lock"
-                time.sleep(0.02)
+            assert until(lambda: blocked_by(watcher, holder) > 0, 10), "the first call never reached its lock"
         others = [people.Identify.future(pb.IdentifyRequest(workspace_id=flood, id=f"more-{i}"), timeout=30)
                   for i in range(5)]
         # One may wait for the running slot; the other four are refused at once.
