@@ -96,13 +96,17 @@ async def create(
     transaction (FOR KEY SHARE: none can be removed until it commits)."""
     async with conn.transaction():
         if workspace_ids:
-            locked = await _rows(
-                conn,
-                sa.select(workspaces.c.workspace_id)
-                .where(workspaces.c.workspace_id.in_(list(workspace_ids)))
-                .with_for_update(read=True, key_share=True),
-            )
-            found = {row[0] for row in locked}
+            # One statement per workspace, in order: on Citus each locks rows of one shard (a
+            # locking read over several shards is refused there: CreateApiKey was INTERNAL).
+            found: set[str] = set()
+            for workspace_id in sorted(set(workspace_ids)):
+                locked = await _rows(
+                    conn,
+                    sa.select(workspaces.c.workspace_id)
+                    .where(workspaces.c.workspace_id == workspace_id)
+                    .with_for_update(read=True, key_share=True),
+                )
+                found.update(row[0] for row in locked)
             missing = [w for w in workspace_ids if w not in found]
             if missing:
                 return StoredKey(key.key_id, admin, tuple(workspace_ids), description, now, expires_at, None), missing
