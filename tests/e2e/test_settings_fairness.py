@@ -29,42 +29,49 @@ async def _waiting_on_a_lock(observer: psycopg.AsyncConnection, backend: int, wi
 
 
 async def _scenario(url: str, workspace: str) -> list[str]:
+    """The three transactions in the order the database let them through: each reads the
+    database's clock once it holds its locks (a write just before its COMMIT), so the order
+    is the server's, not the order in which this client's tasks happened to resume."""
     connect = lambda: psycopg.AsyncConnection.connect(url, autocommit=True)  # noqa: E731
     first, changer, second, observer = [await connect() for _ in range(4)]
     changer_id, second_id = await abackend_id(changer), await abackend_id(second)
-    finished: list[str] = []
+    through: dict[str, object] = {}
     nobody = Lookup(ids=("nobody",))
+    first_holds = asyncio.Event()
 
-    async def write(conn: psycopg.AsyncConnection, name: str, release: asyncio.Event) -> None:
+    async def now(conn: psycopg.AsyncConnection) -> object:
+        return (await (await conn.execute("SELECT clock_timestamp()")).fetchone())[0]  # type: ignore[index]
+
+    async def write(conn: psycopg.AsyncConnection, name: str, release: asyncio.Event, holds: asyncio.Event | None) -> None:
         async with conn.transaction():
             await Repository(conn).load(workspace, nobody, Lock.SHARE)
+            if holds is not None:
+                holds.set()
             await release.wait()
-        finished.append(name)
+            through[name] = await now(conn)
 
     async def change_settings() -> None:
         async with changer.transaction():
             await Repository(changer).settings(workspace, Lock.UPDATE)
-        finished.append("settings")
+            through["settings"] = await now(changer)
 
     release_first, release_second = asyncio.Event(), asyncio.Event()
     try:
-        first_task = asyncio.create_task(write(first, "first", release_first))
-        await asyncio.sleep(0)
-        while not first.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS or first_task.done():
-            await asyncio.sleep(0.01)
+        first_task = asyncio.create_task(write(first, "first", release_first, first_holds))
+        await asyncio.wait_for(first_holds.wait(), timeout=30)  # its locks are held
         changer_task = asyncio.create_task(change_settings())
         assert await _waiting_on_a_lock(observer, changer_id), "the settings change did not wait"
-        second_task = asyncio.create_task(write(second, "second", release_second))
+        second_task = asyncio.create_task(write(second, "second", release_second, None))
         # A write that comes after the waiting settings change queues behind it.
         assert await _waiting_on_a_lock(observer, second_id), "a later write overtook the settings change"
-        assert not finished
+        assert not through
         release_first.set()
         release_second.set()
         await asyncio.wait_for(asyncio.gather(first_task, changer_task, second_task), timeout=30)
     finally:
         for conn in (first, changer, second, observer):
             await conn.close()
-    return finished
+    return sorted(through, key=through.__getitem__)  # type: ignore[arg-type]
 
 
 def test_r2_a_settings_change_is_not_overtaken_by_later_writes(database_url, engine, workspace):
